@@ -1,0 +1,483 @@
+"""The supervised pool of sandbox worker processes.
+
+Every invocation borrows one idle worker, talks frames with it under a cancel scope carrying the
+script's deadline, and gives it back.  When the deadline passes the worker is SIGKILLed -- not
+cancelled, because a QuickJS loop never yields -- and a warm spare takes its place at once while
+a new spare starts in the background.  A worker that dies on its own (segfault, kernel OOM
+killer, ``kill -9`` from an operator) is detected by its monitor task and replaced the same way;
+a caller that was using it gets :class:`ScriptCrashed`.
+
+A per-script circuit breaker counts timeouts, crashes and memory exhaustion: a script that keeps
+killing workers is refused for a cool-down instead of starving everybody else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import structlog
+import trio
+
+from engine.breaker import BreakerState, CircuitBreaker
+from engine.errors import (
+    HostCallError,
+    Overloaded,
+    ScriptCircuitOpen,
+    ScriptCrashed,
+    ScriptFailed,
+    ScriptTimeout,
+)
+from engine.sandbox._frames import (
+    Frame,
+    FrameDecoder,
+    FrameError,
+    HostCall,
+    HostReply,
+    Invoke,
+    InvocationPhase,
+    Log,
+    NeedSource,
+    Ready,
+    Result,
+    encode_frame,
+)
+
+log = structlog.get_logger("aiwebengine.sandbox")
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class InvocationHost(Protocol):
+    """What the parent offers one invocation: host API calls and a log sink."""
+
+    async def call(self, name: str, args: list[Any]) -> Any:
+        """Answer a host call; raise :class:`HostCallError` to make JavaScript throw."""
+
+    def log(self, level: str, message: str, timestamp_ms: int) -> None:
+        """Record a console line written by the invocation."""
+
+
+@attrs.frozen
+class PoolSettings:
+    size: int = 2
+    warm_spares: int = 1
+    memory_limit_bytes: int = 64 * 1024 * 1024
+    stack_limit_bytes: int = 1024 * 1024
+    address_space_bytes: int = 2 * 1024 * 1024 * 1024
+    context_cache_size: int = 32
+    queue_limit: int = 256
+    breaker_failure_threshold: int = 5
+    breaker_window_s: float = 30.0
+    breaker_cooldown_s: float = 30.0
+    worker_start_timeout_s: float = 20.0
+
+
+@attrs.frozen
+class Invocation:
+    invocation_id: str
+    script_uri: str
+    script_key: str
+    source: str
+    handler: str
+    phase: InvocationPhase
+    context: dict[str, Any]
+    timeout_ms: int
+    host: InvocationHost
+
+
+@attrs.frozen
+class InvocationResult:
+    value: dict[str, Any]
+    duration_ms: float
+
+
+@attrs.frozen
+class PoolStats:
+    size: int
+    live: int
+    idle: int
+    busy: int
+    spares: int
+    waiting: int
+    starting: int
+    restarts: int
+    open_breakers: tuple[str, ...]
+
+    @property
+    def ready(self) -> bool:
+        return self.live >= self.size
+
+
+class WorkerGone(Exception):
+    """The worker's pipe closed: it exited or was killed."""
+
+
+class _Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, process: trio.Process, cache_size: int) -> None:
+        self.process = process
+        assert process.stdin is not None and process.stdout is not None
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._decoder = FrameDecoder()
+        self._pending: deque[Frame] = deque()
+        self.dead = False
+        # Versions this worker has been sent, mirroring its LRU so the source is sent rarely.
+        self.known: OrderedDict[str, None] = OrderedDict()
+        self.cache_size = cache_size
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def send(self, frame: Frame) -> None:
+        try:
+            await self._stdin.send_all(encode_frame(frame))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise WorkerGone(f"worker {self.pid} stopped reading") from exc
+
+    async def receive(self) -> Frame:
+        while not self._pending:
+            try:
+                chunk = await self._stdout.receive_some(1 << 16)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise WorkerGone(f"worker {self.pid} pipe broke") from exc
+            if not chunk:
+                raise WorkerGone(f"worker {self.pid} exited")
+            try:
+                self._pending.extend(self._decoder.feed(chunk))
+            except FrameError as exc:
+                self.kill()
+                raise WorkerGone(f"worker {self.pid} sent garbage: {exc}") from exc
+        return self._pending.popleft()
+
+    def remember(self, script_key: str) -> None:
+        self.known[script_key] = None
+        self.known.move_to_end(script_key)
+        while len(self.known) > self.cache_size:
+            self.known.popitem(last=False)
+
+    def kill(self) -> None:
+        self.dead = True
+        if self.process.returncode is None:
+            try:
+                self.process.kill()
+            except ProcessLookupError:
+                pass
+
+
+class SandboxPool:
+    """Owns the worker processes; ``run`` must be started in a nursery before ``invoke``."""
+
+    def __init__(
+        self,
+        settings: PoolSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        python: str = sys.executable,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._python = python
+        self._nursery: trio.Nursery | None = None
+        self._idle_send, self._idle_receive = trio.open_memory_channel[_Worker](float("inf"))
+        self._live: set[_Worker] = set()
+        self._busy: set[_Worker] = set()
+        self._spares: list[_Worker] = []
+        self._idle_count = 0
+        self._waiting = 0
+        self._starting = 0
+        self._restarts = 0
+        self._closing = False
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._ids = itertools.count(1)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the workers, report ready, and supervise them until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                wanted = self.settings.size + self.settings.warm_spares
+                async with trio.open_nursery() as starters:
+                    for index in range(wanted):
+                        starters.start_soon(self._add_worker, index >= self.settings.size)
+                log.info("sandbox pool ready", workers=self.settings.size, spares=len(self._spares))
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._closing = True
+            with trio.CancelScope(shield=True):
+                await self._kill_all()
+
+    async def _kill_all(self) -> None:
+        for worker in list(self._live):
+            worker.kill()
+        with trio.move_on_after(5):
+            for worker in list(self._live):
+                await worker.process.wait()
+                self._live.discard(worker)
+
+    def _command(self) -> list[str]:
+        s = self.settings
+        return [
+            self._python,
+            "-m",
+            "engine.sandbox._worker",
+            "--parent-pid",
+            str(os.getpid()),
+            "--memory-limit",
+            str(s.memory_limit_bytes),
+            "--stack-limit",
+            str(s.stack_limit_bytes),
+            "--address-space",
+            str(s.address_space_bytes),
+            "--cache-size",
+            str(s.context_cache_size),
+        ]
+
+    async def _start_worker(self) -> _Worker:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        process = await trio.lowlevel.open_process(
+            self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
+        worker = _Worker(process, self.settings.context_cache_size)
+        try:
+            with trio.fail_after(self.settings.worker_start_timeout_s):
+                frame = await worker.receive()
+            if not isinstance(frame, Ready):
+                raise WorkerGone(f"worker {worker.pid} greeted with {type(frame).__name__}")
+        except BaseException:
+            worker.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+            raise
+        return worker
+
+    async def _add_worker(self, as_spare: bool) -> None:
+        """Start one worker (retrying with back-off) and put it in service or on the bench."""
+        assert self._nursery is not None
+        self._starting += 1
+        try:
+            delay = 0.1
+            while True:
+                try:
+                    worker = await self._start_worker()
+                    break
+                except (OSError, WorkerGone, trio.TooSlowError) as exc:
+                    log.error("sandbox worker failed to start", error=str(exc), retry_in_s=delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._starting -= 1
+        self._live.add(worker)
+        self._nursery.start_soon(self._monitor, worker)
+        if as_spare:
+            self._spares.append(worker)
+        else:
+            self._release(worker)
+
+    async def _monitor(self, worker: _Worker) -> None:
+        await worker.process.wait()
+        worker.dead = True
+        self._live.discard(worker)
+        if worker in self._spares:
+            self._spares.remove(worker)
+            replace_in_service = False
+        else:
+            replace_in_service = True
+        if self._closing:
+            return
+        self._restarts += 1
+        log.warning(
+            "sandbox worker exited", pid=worker.pid, returncode=worker.process.returncode
+        )
+        assert self._nursery is not None
+        if replace_in_service and self._spares:
+            # The warm spare steps in at once; a new spare starts in the background.
+            self._release(self._spares.pop())
+            self._nursery.start_soon(self._add_worker, True)
+        else:
+            self._nursery.start_soon(self._add_worker, not replace_in_service)
+
+    def _release(self, worker: _Worker) -> None:
+        if worker.dead:
+            return
+        self._idle_count += 1
+        self._idle_send.send_nowait(worker)
+
+    async def _acquire(self) -> _Worker:
+        if self._closing:
+            raise Overloaded("the engine is shutting down", retry_after_s=5)
+        if self._idle_count == 0 and self._waiting >= self.settings.queue_limit:
+            raise Overloaded(
+                "every sandbox worker is busy and the queue is full", retry_after_s=1
+            )
+        self._waiting += 1
+        try:
+            while True:
+                worker = await self._idle_receive.receive()
+                self._idle_count -= 1
+                if not worker.dead:
+                    return worker
+        finally:
+            self._waiting -= 1
+
+    # -- invocations ---------------------------------------------------------------------
+
+    def breaker_for(self, script_uri: str) -> CircuitBreaker:
+        breaker = self._breakers.get(script_uri)
+        if breaker is None:
+            s = self.settings
+            breaker = CircuitBreaker(
+                s.breaker_failure_threshold, s.breaker_window_s, s.breaker_cooldown_s, self._clock
+            )
+            self._breakers[script_uri] = breaker
+        return breaker
+
+    def forget_script(self, script_uri: str) -> None:
+        self._breakers.pop(script_uri, None)
+
+    async def invoke(self, invocation: Invocation) -> InvocationResult:
+        """Run one handler; raises the ``engine.errors`` value describing any failure."""
+        breaker = self.breaker_for(invocation.script_uri)
+        if not breaker.allow():
+            raise ScriptCircuitOpen(
+                f"script '{invocation.script_uri}' is failing repeatedly and is paused",
+                retry_after_s=breaker.retry_after(),
+            )
+        verdict: bool | None = None
+        try:
+            worker = await self._acquire()
+            self._busy.add(worker)
+            try:
+                with trio.move_on_after(invocation.timeout_ms / 1000) as scope:
+                    result = await self._exchange(worker, invocation)
+            except WorkerGone as exc:
+                verdict = False
+                worker.kill()
+                raise ScriptCrashed(
+                    f"the worker running handler '{invocation.handler}' of "
+                    f"'{invocation.script_uri}' died: {exc}"
+                ) from None
+            except BaseException:
+                # Cancelled from outside (client gone, shutdown) or a bug: the worker is in an
+                # unknown state mid-script, so it cannot be reused.
+                worker.kill()
+                raise
+            finally:
+                self._busy.discard(worker)
+            if scope.cancelled_caught:
+                verdict = False
+                worker.kill()
+                raise ScriptTimeout(invocation.handler or "init", invocation.timeout_ms)
+            self._release(worker)
+            failure = result.failure
+            if failure is None:
+                verdict = True
+                assert result.value is not None
+                return InvocationResult(result.value, result.duration_ms)
+            verdict = failure.kind not in ("out_of_memory",)
+            raise ScriptFailed(self._describe_failure(invocation, failure.kind, failure.message),
+                               kind=failure.kind)
+        finally:
+            if verdict is True:
+                breaker.record_success()
+            elif verdict is False:
+                breaker.record_failure()
+            else:
+                breaker.release_probe()
+
+    def _describe_failure(self, invocation: Invocation, kind: str, message: str) -> str:
+        if kind == "no_handler":
+            return f"no handler {message}"
+        if kind == "eval":
+            return f"owner eval: {message}"
+        if kind == "out_of_memory":
+            limit_mib = self.settings.memory_limit_bytes / (1024 * 1024)
+            return (
+                f"call handler: the script exceeded its memory limit of {limit_mib:g} MiB "
+                f"(sandbox.memory_limit_bytes): {message}"
+            )
+        if kind == "stack_overflow":
+            return f"call handler: {message} (stack limit {self.settings.stack_limit_bytes} bytes)"
+        if invocation.phase == "init":
+            return f"init: {message}"
+        return f"call handler: {message}"
+
+    async def _exchange(self, worker: _Worker, invocation: Invocation) -> Result:
+        send_source = invocation.phase == "init" or invocation.script_key not in worker.known
+        await worker.send(self._invoke_frame(invocation, with_source=send_source))
+        while True:
+            frame = await worker.receive()
+            if isinstance(frame, Result) and frame.invocation_id == invocation.invocation_id:
+                worker.remember(invocation.script_key)
+                return frame
+            if isinstance(frame, Log) and frame.invocation_id == invocation.invocation_id:
+                invocation.host.log(frame.level, frame.message, frame.timestamp_ms)
+            elif isinstance(frame, HostCall) and frame.invocation_id == invocation.invocation_id:
+                await worker.send(await self._answer(invocation, frame))
+            elif isinstance(frame, NeedSource) and frame.invocation_id == invocation.invocation_id:
+                await worker.send(self._invoke_frame(invocation, with_source=True))
+            else:
+                worker.kill()
+                raise WorkerGone(f"worker {worker.pid} broke protocol with {type(frame).__name__}")
+
+    @staticmethod
+    def _invoke_frame(invocation: Invocation, *, with_source: bool) -> Invoke:
+        return Invoke(
+            invocation_id=invocation.invocation_id,
+            script_key=invocation.script_key,
+            script_uri=invocation.script_uri,
+            handler=invocation.handler,
+            phase=invocation.phase,
+            context=invocation.context,
+            source=invocation.source if with_source else None,
+        )
+
+    @staticmethod
+    async def _answer(invocation: Invocation, call: HostCall) -> HostReply:
+        try:
+            value = await invocation.host.call(call.name, call.args)
+        except HostCallError as exc:
+            return HostReply(call.call_id, ok=False, error=str(exc))
+        except Exception:
+            log.exception("host call failed", name=call.name, script=invocation.script_uri)
+            return HostReply(call.call_id, ok=False, error=f"{call.name}: internal error")
+        return HostReply(call.call_id, ok=True, value=value)
+
+    # -- introspection -------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        live_in_service = len(self._live) - len(self._spares)
+        return PoolStats(
+            size=self.settings.size,
+            live=live_in_service,
+            idle=self._idle_count,
+            busy=len(self._busy),
+            spares=len(self._spares),
+            waiting=self._waiting,
+            starting=self._starting,
+            restarts=self._restarts,
+            open_breakers=tuple(
+                uri for uri, b in self._breakers.items() if b.state is not BreakerState.CLOSED
+            ),
+        )
+
+    def worker_pids(self) -> list[int]:
+        return sorted(w.pid for w in self._live)
+
+    def busy_worker_pids(self) -> list[int]:
+        return sorted(w.pid for w in self._busy)

@@ -1,0 +1,260 @@
+"""The sandbox worker process: QuickJS contexts serving one invocation at a time.
+
+Run as ``python -m engine.sandbox._worker``; it speaks frames (see ``_frames``) on stdin/stdout
+and is supervised by :class:`engine.sandbox.SandboxPool`.  The worker does not enforce
+deadlines: a runaway script is stopped by the parent killing this process, because QuickJS's own
+time limit cannot be combined with host calls and a thread cannot be killed.  What the worker
+does enforce is memory: each context has a QuickJS memory limit and a stack limit, and the
+process has an address-space limit so a leak in native code ends here, not in the server.
+
+Contexts are cached per script version (least recently used evicted).  Globals therefore
+survive between invocations of one version in one worker -- documented for script authors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from collections import OrderedDict
+from importlib import resources
+from typing import Any
+
+import quickjs
+
+from engine.sandbox._frames import (
+    Failure,
+    FailureKind,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    HostCall,
+    HostReply,
+    Invoke,
+    Log,
+    NeedSource,
+    Ready,
+    Result,
+    encode_frame,
+)
+
+_NO_HANDLER_MARK = "__aiwe_no_handler__:"
+_MAX_MESSAGE_CHARS = 4000
+_PR_SET_PDEATHSIG = 1
+
+
+class ProtocolViolation(Exception):
+    """The parent sent something out of order; the only safe answer is to exit."""
+
+
+class FrameChannel:
+    """Blocking frame I/O on two file descriptors."""
+
+    def __init__(self, fd_in: int, fd_out: int) -> None:
+        self._fd_in = fd_in
+        self._fd_out = fd_out
+        self._decoder = FrameDecoder()
+        self._pending: list[Frame] = []
+
+    def send(self, frame: Frame) -> None:
+        data = encode_frame(frame)
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd_out, view)
+            view = view[written:]
+
+    def receive(self) -> Frame | None:
+        """The next frame, or ``None`` when the parent closed the pipe."""
+        while not self._pending:
+            chunk = os.read(self._fd_in, 1 << 16)
+            if not chunk:
+                return None
+            self._pending.extend(self._decoder.feed(chunk))
+        return self._pending.pop(0)
+
+
+def _trim(message: str) -> str:
+    # The last stack frame is always the prelude's entry point; it means nothing to authors.
+    lines = [line for line in message.rstrip().split("\n") if not line.startswith("    at value (")]
+    message = "\n".join(lines)
+    if len(message) > _MAX_MESSAGE_CHARS:
+        return message[:_MAX_MESSAGE_CHARS] + "…"
+    return message
+
+
+class ScriptContext:
+    """One QuickJS context holding one evaluated script version."""
+
+    def __init__(self, worker: Worker, source: str) -> None:
+        self.context = quickjs.Context()
+        self.context.set_memory_limit(worker.memory_limit)
+        self.context.set_max_stack_size(worker.stack_limit)
+        # Host callables must never raise: an exception escaping a callable leaves QuickJS in a
+        # state where the *next* eval fails.  They always return a value.
+        self.context.add_callable("__aiwe_host", worker.host_call)
+        self.context.add_callable("__aiwe_log", worker.log)
+        self.context.eval(worker.prelude)
+        self.context.eval(source)
+        self.invoke = self.context.get("__aiwe_invoke")
+
+
+class Worker:
+    def __init__(self, channel: FrameChannel, *, memory_limit: int, stack_limit: int, cache_size: int) -> None:
+        self.channel = channel
+        self.memory_limit = memory_limit
+        self.stack_limit = stack_limit
+        self.cache_size = cache_size
+        self.prelude = resources.files("engine.sandbox").joinpath("prelude.js").read_text("utf-8")
+        self._contexts: OrderedDict[str, ScriptContext] = OrderedDict()
+        self._invocation_id: str | None = None
+        self._next_call_id = 0
+
+    # -- host bridges (called from inside JavaScript) -------------------------------------
+
+    def host_call(self, name: str, args_json: str) -> str:
+        if self._invocation_id is None:
+            return json.dumps({"ok": False, "error": f"{name}: no invocation is running"})
+        self._next_call_id += 1
+        call_id = self._next_call_id
+        try:
+            args = json.loads(args_json)
+            self.channel.send(HostCall(self._invocation_id, call_id, str(name), args))
+            reply = self.channel.receive()
+        except (ValueError, FrameError, OSError) as exc:
+            return json.dumps({"ok": False, "error": f"{name}: host call failed: {exc}"})
+        if not isinstance(reply, HostReply) or reply.call_id != call_id:
+            # Nothing sensible can follow; the parent kills us when it sees the exit.
+            os._exit(3)
+        if reply.ok:
+            return json.dumps({"ok": True, "value": reply.value})
+        return json.dumps({"ok": False, "error": reply.error or f"{name} failed"})
+
+    def log(self, level: Any, message: Any) -> None:
+        if self._invocation_id is None:
+            return
+        self.channel.send(
+            Log(self._invocation_id, str(level), str(message), int(time.time() * 1000))
+        )
+
+    # -- invocations ---------------------------------------------------------------------
+
+    def serve(self) -> None:
+        self.channel.send(Ready(os.getpid()))
+        while True:
+            frame = self.channel.receive()
+            if frame is None:
+                return
+            if not isinstance(frame, Invoke):
+                raise ProtocolViolation(f"expected Invoke, got {type(frame).__name__}")
+            self.channel.send(self.run(frame))
+
+    def run(self, invoke: Invoke) -> Result | NeedSource:
+        started = time.perf_counter()
+        context = None if invoke.phase == "init" else self._contexts.get(invoke.script_key)
+        if context is None:
+            if invoke.source is None:
+                return NeedSource(invoke.invocation_id)
+            self._contexts.pop(invoke.script_key, None)
+            try:
+                self._invocation_id = invoke.invocation_id
+                context = ScriptContext(self, invoke.source)
+            except quickjs.JSException as exc:
+                return self._failure(invoke, started, exc, evaluating=True)
+            finally:
+                self._invocation_id = None
+            self._contexts[invoke.script_key] = context
+            while len(self._contexts) > self.cache_size:
+                self._contexts.popitem(last=False)
+        else:
+            self._contexts.move_to_end(invoke.script_key)
+
+        self._invocation_id = invoke.invocation_id
+        try:
+            raw = context.invoke(invoke.handler, json.dumps(invoke.context), invoke.phase)
+            value = json.loads(raw)
+        except quickjs.JSException as exc:
+            return self._failure(invoke, started, exc, evaluating=False)
+        finally:
+            self._invocation_id = None
+        return Result(invoke.invocation_id, value=value, duration_ms=_elapsed_ms(started))
+
+    def _failure(
+        self, invoke: Invoke, started: float, exc: Exception, *, evaluating: bool
+    ) -> Result:
+        message = str(exc)
+        first_line = message.split("\n", 1)[0]
+        kind: FailureKind
+        if isinstance(exc, quickjs.StackOverflow):
+            kind = "stack_overflow"
+            message = first_line
+        elif "out of memory" in first_line:
+            kind = "out_of_memory"
+        elif first_line.startswith("Error: " + _NO_HANDLER_MARK):
+            kind = "no_handler"
+            message = first_line[len("Error: " + _NO_HANDLER_MARK) :]
+        elif evaluating:
+            kind = "eval"
+        else:
+            kind = "exception"
+        if kind in ("out_of_memory", "stack_overflow") or evaluating:
+            # A context that ran out of memory may still hold the garbage; never reuse it.
+            self._contexts.pop(invoke.script_key, None)
+        return Result(
+            invoke.invocation_id,
+            failure=Failure(kind, _trim(message)),
+            duration_ms=_elapsed_ms(started),
+        )
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL us when the parent goes away, so no worker is orphaned."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="aiwebengine-sandbox-worker")
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--memory-limit", type=int, required=True)
+    parser.add_argument("--stack-limit", type=int, required=True)
+    parser.add_argument("--address-space", type=int, required=True)
+    parser.add_argument("--cache-size", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    _die_with_parent(args.parent_pid)
+    # SIGINT goes to the whole process group on Ctrl-C; the parent decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
+
+    fd_in, fd_out = os.dup(0), os.dup(1)
+    # Nothing but frames may reach the parent's pipe: stray prints go to stderr.
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    channel = FrameChannel(fd_in, fd_out)
+    worker = Worker(
+        channel,
+        memory_limit=args.memory_limit,
+        stack_limit=args.stack_limit,
+        cache_size=args.cache_size,
+    )
+    try:
+        worker.serve()
+    except (FrameError, ProtocolViolation, BrokenPipeError) as exc:
+        print(f"sandbox worker {os.getpid()}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
