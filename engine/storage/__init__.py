@@ -1,0 +1,28 @@
+"""The database: schema, migrations and the repositories the engine stores through.
+
+``Database.open(url)`` connects (SQLite in WAL mode by default, PostgreSQL by URL), migrates to
+the newest revision and exposes ``scripts`` and ``logs`` repositories.  Every call runs in a
+worker thread behind one circuit breaker and raises ``engine.errors.StorageUnavailable`` when
+the database fails or the breaker is open.  ``migrate(url)`` is the same upgrade, blocking, for
+the command line.
+
+Implementation: ``_tables`` (schema), ``_runner`` (threads, transactions, breaker),
+``_database`` (engine, SQLite settings, migrations), ``_scripts`` and ``_logs``
+(repositories); ``migrations/`` holds the Alembic environment.
+"""
+
+from engine.storage._database import Database, migrate
+from engine.storage._logs import LogEntry, LogQuery, LogRepository, NewLogEntry
+from engine.storage._scripts import ScriptRepository, StoredScript, UpsertOutcome
+
+__all__ = [
+    "Database",
+    "LogEntry",
+    "LogQuery",
+    "LogRepository",
+    "NewLogEntry",
+    "ScriptRepository",
+    "StoredScript",
+    "UpsertOutcome",
+    "migrate",
+]

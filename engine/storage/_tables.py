@@ -1,0 +1,56 @@
+"""The schema as SQLAlchemy Core tables: what the repositories query.
+
+The migrations in ``migrations/versions`` create the same schema by hand (a migration is frozen
+in time and must not import these definitions); a test compares the two.  Types are chosen to
+mean the same thing on SQLite and PostgreSQL: text, booleans and epoch milliseconds as
+``BigInteger``.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+# Deterministic constraint and index names, so a later migration can refer to them by name on
+# every dialect.
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    }
+)
+
+# 64-bit on PostgreSQL; plain INTEGER on SQLite, where only an ``INTEGER PRIMARY KEY`` column
+# becomes the rowid and counts up by itself.
+SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+scripts = sa.Table(
+    "scripts",
+    metadata,
+    sa.Column("uri", sa.Text, primary_key=True),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("initialized", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("init_error", sa.Text, nullable=True),
+    sa.Column("last_init_time", sa.BigInteger, nullable=True),
+)
+
+# Not foreign-keyed to ``scripts``: the logs of a deleted script stay readable until cleared.
+script_logs = sa.Table(
+    "script_logs",
+    metadata,
+    sa.Column("seq", SEQ_TYPE, primary_key=True, autoincrement=True),
+    sa.Column("script_uri", sa.Text, nullable=False, index=True),
+    sa.Column("level", sa.Text, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("timestamp", sa.BigInteger, nullable=False, index=True),
+    sa.Column("request_id", sa.Text, nullable=True, index=True),
+    sa.Column("kind", sa.Text, nullable=True),
+    sa.Column("route", sa.Text, nullable=True),
+    # AUTOINCREMENT makes SQLite never hand out a seq again, even after the newest rows were
+    # cleared; live-tail readers resume "after seq N" and would otherwise miss new entries.
+    sqlite_autoincrement=True,
+)
