@@ -1,0 +1,155 @@
+"""The running engine: every service, started and stopped as one unit.
+
+:class:`EngineRuntime` is what the HTTP surfaces talk to.  ``start`` opens the database (and
+migrates it), starts the sandbox pool inside a nursery the runtime owns, and loads every stored
+script; ``stop`` drains nothing by itself (the server drains requests before calling it) and
+then stops the pool, which kills every worker process, and closes the database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from importlib import resources
+
+import attrs
+import structlog
+import trio
+
+from engine import __version__
+from engine.breaker import CircuitBreaker
+from engine.config import Config
+from engine.logs import LogService
+from engine.sandbox import PoolSettings, SandboxPool
+from engine.scripts import ScriptService, ScriptSettings
+from engine.storage import Database
+
+log = structlog.get_logger("aiwebengine")
+
+EXAMPLE_SCRIPT_URI = "https://example.com/hello"
+
+
+@attrs.frozen
+class Readiness:
+    database: str
+    pool: str
+    ready: bool
+
+
+def pool_settings(config: Config) -> PoolSettings:
+    s = config.sandbox
+    return PoolSettings(
+        size=s.effective_pool_size(),
+        warm_spares=s.warm_spares,
+        memory_limit_bytes=s.memory_limit_bytes,
+        stack_limit_bytes=s.stack_limit_bytes,
+        address_space_bytes=s.address_space_bytes,
+        context_cache_size=s.context_cache_size,
+        queue_limit=s.queue_limit,
+        breaker_failure_threshold=s.breaker_failure_threshold,
+        breaker_window_s=s.breaker_window_s,
+        breaker_cooldown_s=s.breaker_cooldown_s,
+    )
+
+
+class EngineRuntime:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.pool = SandboxPool(pool_settings(config))
+        self._database: Database | None = None
+        self._scripts: ScriptService | None = None
+        self._logs: LogService | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+        self._request_counter = itertools.count(1)
+        self.started = False
+
+    # Services exist only between start() and stop(); reaching for one outside that window is a
+    # programming error, so the properties assert instead of returning Optional.
+    @property
+    def database(self) -> Database:
+        assert self._database is not None, "engine not started"
+        return self._database
+
+    @property
+    def scripts(self) -> ScriptService:
+        assert self._scripts is not None, "engine not started"
+        return self._scripts
+
+    @property
+    def logs(self) -> LogService:
+        assert self._logs is not None, "engine not started"
+        return self._logs
+
+    def new_request_id(self) -> str:
+        return f"req_{int(time.time() * 1000)}_{next(self._request_counter)}"
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        config = self.config
+        db = config.database
+        self._database = await Database.open(
+            config.database_url(),
+            threads=db.threads,
+            synchronous=db.sqlite_synchronous,
+            breaker=CircuitBreaker(
+                db.breaker_failure_threshold, db.breaker_window_s, db.breaker_cooldown_s
+            ),
+            on_progress=lambda message: log.info(message),
+        )
+        self._logs = LogService(self._database.logs)
+        await nursery.start(self._run_pool)
+        self._scripts = ScriptService(
+            self._database,
+            self.pool,
+            self._logs,
+            ScriptSettings(
+                handler_timeout_ms=config.sandbox.handler_timeout_ms,
+                init_timeout_ms=config.sandbox.init_timeout_ms,
+                max_script_bytes=config.sandbox.max_script_bytes,
+                init_concurrency=config.sandbox.effective_init_concurrency(),
+            ),
+        )
+        if config.server.install_example and not await self._database.scripts.list_all():
+            source = resources.files("engine.examples").joinpath("hello.js").read_text("utf-8")
+            await self._database.scripts.upsert(EXAMPLE_SCRIPT_URI, source, int(time.time() * 1000))
+            log.info("installed the example script", uri=EXAMPLE_SCRIPT_URI)
+        await self._scripts.load_all()
+        self.started = True
+        log.info(
+            "engine started",
+            profile=config.profile.value,
+            instance=self.instance_id,
+            pid=os.getpid(),
+            version=__version__,
+        )
+
+    async def _run_pool(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._cancel = scope
+            try:
+                await self.pool.run(task_status=task_status)
+            finally:
+                self._stopped.set()
+
+    async def stop(self) -> None:
+        self.started = False
+        if self._cancel is not None:
+            self._cancel.cancel()
+            with trio.move_on_after(10):
+                await self._stopped.wait()
+        if self._database is not None:
+            await self._database.aclose()
+        log.info("engine stopped", instance=self.instance_id)
+
+    async def readiness(self) -> Readiness:
+        database = "ok"
+        try:
+            await self.database.ping()
+        except Exception as exc:  # any failure means "not ready"; the reason is reported
+            database = f"error: {type(exc).__name__}"
+        stats = self.pool.stats()
+        pool = "ok" if stats.ready else f"degraded: {stats.live}/{stats.size} workers"
+        return Readiness(database, pool, self.started and database == "ok" and stats.ready)

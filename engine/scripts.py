@@ -1,0 +1,403 @@
+"""The script lifecycle: upsert, init, registration swap, delete, and running route handlers.
+
+A script version is *loaded* when its ``init()`` pass has run in a sandbox with the registration
+phase open.  The registrations it made (top-level and inside ``init``) become the script's part
+of the route table, swapped in together with the version in one synchronous step, so a request
+sees either the old version with the old routes or the new one with the new routes -- never a
+mix.  A request that already resolved its route keeps the version object it resolved and
+finishes on it.
+
+A failing ``init()`` leaves the previous version serving; the error is stored with the script and
+written to its log.  Only a script that never loaded installs what it managed to register before
+failing, as the original does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from engine.errors import (
+    EngineError,
+    HostCallError,
+    ScriptFailed,
+    StorageUnavailable,
+    ValidationError,
+)
+from engine.http_contract import HttpResponse, ScriptResponseError, response_from_result
+from engine.logs import LogService, now_ms
+from engine.routing import MatchResult, Route, RouteMatch, RouteTable, reserved_prefix_of
+from engine.sandbox import Invocation, SandboxPool
+from engine.storage import Database, NewLogEntry, StoredScript
+
+log = structlog.get_logger("aiwebengine.scripts")
+
+_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
+_MAX_URI_CHARS = 2048
+_NOT_IN_PHASE = (
+    "{api}: '{name}' not registered - registration only takes effect during script startup "
+    "and init()"
+)
+
+
+@attrs.frozen
+class ScriptSettings:
+    handler_timeout_ms: int = 5000
+    init_timeout_ms: int = 5000
+    max_script_bytes: int = 1_000_000
+    init_concurrency: int = 4
+
+
+@attrs.frozen
+class LoadedScript:
+    """One version of one script, as the route table serves it."""
+
+    uri: str
+    key: str
+    source: str
+    routes: tuple[Route, ...]
+
+
+@attrs.frozen
+class InitReport:
+    ran: bool
+    success: bool
+    duration_ms: int
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ran": self.ran,
+            "success": self.success,
+            "durationMs": self.duration_ms,
+            "error": self.error,
+        }
+
+
+@attrs.frozen
+class UpsertReport:
+    script: StoredScript
+    previous_exists: bool
+    init: InitReport
+
+
+def version_key(uri: str, content: str) -> str:
+    digest = hashlib.sha256(content.encode()).hexdigest()[:24]
+    return f"{uri}#{digest}"
+
+
+def validate_script(uri: str, content: str, *, max_bytes: int) -> None:
+    """Raise :class:`ValidationError` naming the parameter and rule that ``uri``/``content`` break."""
+    if not uri.strip():
+        raise ValidationError("uri", "must not be empty")
+    if len(uri) > _MAX_URI_CHARS:
+        raise ValidationError("uri", f"must be at most {_MAX_URI_CHARS} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in uri):
+        raise ValidationError("uri", "must not contain control characters")
+    if not content.strip():
+        raise ValidationError("content", "must not be empty")
+    size = len(content.encode())
+    if size > max_bytes:
+        raise ValidationError("content", f"must be at most {max_bytes} bytes (got {size})")
+
+
+class _InvocationHost:
+    """The host side of one invocation: answers host calls and collects its log lines."""
+
+    def __init__(
+        self,
+        *,
+        script_uri: str,
+        request_id: str,
+        kind: str,
+        route: str | None,
+        registering: bool,
+    ) -> None:
+        self.script_uri = script_uri
+        self.request_id = request_id
+        self.kind = kind
+        self.route = route
+        self.registering = registering
+        self.routes: dict[tuple[str, str], Route] = {}
+        self.lines: list[NewLogEntry] = []
+
+    def log(self, level: str, message: str, timestamp_ms: int) -> None:
+        self.lines.append(self.entry(level, message, timestamp_ms))
+
+    def entry(self, level: str, message: str, timestamp_ms: int | None = None) -> NewLogEntry:
+        return NewLogEntry(
+            script_uri=self.script_uri,
+            level=level,
+            message=message,
+            timestamp=now_ms() if timestamp_ms is None else timestamp_ms,
+            request_id=self.request_id,
+            kind=self.kind,
+            route=self.route,
+        )
+
+    async def call(self, name: str, args: list[Any]) -> Any:
+        if name == "routeRegistry.registerRoute":
+            return self.register_route(*_pad(args, 4))
+        raise HostCallError(f"{name} is not available in this engine version")
+
+    def register_route(self, path: Any, handler: Any, method: Any, metadata: Any) -> str:
+        api = "routeRegistry.registerRoute"
+        if not isinstance(path, str):
+            raise HostCallError(f"{api}: path must be a string")
+        prefix = reserved_prefix_of(path)
+        if prefix is not None:
+            raise HostCallError(f"Path '{path}' is reserved for the engine (prefix '{prefix}')")
+        if not isinstance(handler, str) or not handler.strip():
+            raise HostCallError(f"{api}: handler must be the name of a function")
+        if method is None:
+            method = "GET"
+        if not isinstance(method, str) or not _METHOD.match(method.strip().upper()):
+            raise HostCallError(f"{api}: method must be an HTTP method name such as \"GET\"")
+        method = method.strip().upper()
+        if not self.registering:
+            return _NOT_IN_PHASE.format(api=api, name=path)
+        summary, description, tags = _route_metadata(metadata)
+        key = (path, method)
+        self.routes.pop(key, None)  # the same (path, method) twice: the last one wins
+        self.routes[key] = Route(
+            script_uri=self.script_uri,
+            path=path,
+            method=method,
+            handler=handler,
+            summary=summary,
+            description=description,
+            tags=tags,
+        )
+        return f"Route '{method} {path}' registered to handler '{handler}'"
+
+
+def _pad(args: list[Any], count: int) -> list[Any]:
+    return list(args[:count]) + [None] * max(0, count - len(args))
+
+
+def _route_metadata(metadata: Any) -> tuple[str | None, str | None, tuple[str, ...]]:
+    if not isinstance(metadata, Mapping):
+        return None, None, ()
+    summary = metadata.get("summary")
+    description = metadata.get("description")
+    tags = metadata.get("tags")
+    return (
+        summary if isinstance(summary, str) else None,
+        description if isinstance(description, str) else None,
+        tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
+    )
+
+
+class ScriptService:
+    def __init__(
+        self,
+        database: Database,
+        pool: SandboxPool,
+        logs: LogService,
+        settings: ScriptSettings,
+    ) -> None:
+        self._database = database
+        self._pool = pool
+        self._logs = logs
+        self.settings = settings
+        self._loaded: dict[str, LoadedScript] = {}
+        self._table = RouteTable.build({})
+        self._locks: dict[str, trio.Lock] = {}
+        self._ids = itertools.count(1)
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def routes(self) -> RouteTable:
+        return self._table
+
+    def loaded(self, uri: str) -> LoadedScript | None:
+        return self._loaded.get(uri)
+
+    def resolve(self, path: str, method: str) -> tuple[MatchResult, LoadedScript | None]:
+        """Match a request and pin the script version that will serve it."""
+        match = self._table.match(path, method)
+        if isinstance(match, RouteMatch):
+            return match, self._loaded.get(match.route.script_uri)
+        return match, None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _lock(self, uri: str) -> trio.Lock:
+        lock = self._locks.get(uri)
+        if lock is None:
+            lock = self._locks[uri] = trio.Lock()
+        return lock
+
+    async def upsert(self, uri: str, content: str) -> UpsertReport:
+        validate_script(uri, content, max_bytes=self.settings.max_script_bytes)
+        async with self._lock(uri):
+            outcome = await self._database.scripts.upsert(uri, content, now_ms())
+            report = await self._initialize(outcome.script, is_startup=False)
+            stored = await self._database.scripts.get(uri) or outcome.script
+            return UpsertReport(stored, outcome.previous_exists, report)
+
+    async def delete(self, uri: str) -> bool:
+        async with self._lock(uri):
+            existed = await self._database.scripts.delete(uri)
+            self._unload(uri)
+        self._locks.pop(uri, None)
+        return existed
+
+    def _unload(self, uri: str) -> None:
+        if self._loaded.pop(uri, None) is not None:
+            self._table = self._table.without_script(uri)
+        self._pool.forget_script(uri)
+
+    async def load_all(self) -> None:
+        """Load and init every stored script, a bounded number at a time.  Failures are
+        recorded per script and never stop the others."""
+        scripts = await self._database.scripts.list_all()
+        limiter = trio.Semaphore(max(1, self.settings.init_concurrency))
+
+        async def load(stored: StoredScript) -> None:
+            async with limiter, self._lock(stored.uri):
+                await self._initialize(stored, is_startup=True)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for stored in scripts:
+                nursery.start_soon(load, stored)
+        log.info(
+            "scripts loaded",
+            count=len(scripts),
+            failed=sum(1 for s in scripts if s.uri not in self._loaded),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+
+    async def _initialize(self, stored: StoredScript, *, is_startup: bool) -> InitReport:
+        request_id = f"init_{now_ms()}_{next(self._ids)}"
+        host = _InvocationHost(
+            script_uri=stored.uri, request_id=request_id, kind="init", route=None, registering=True
+        )
+        context = {
+            "kind": "init",
+            "invocationId": request_id,
+            "scriptUri": stored.uri,
+            "handlerName": "init",
+            "request": {"query": {}},
+            "args": None,
+            "meta": {
+                "init": {"scriptName": stored.uri, "timestamp": now_ms(), "isStartup": is_startup}
+            },
+        }
+        key = version_key(stored.uri, stored.content)
+        started = time.perf_counter()
+        ran = True
+        error: str | None = None
+        try:
+            result = await self._pool.invoke(
+                Invocation(
+                    invocation_id=request_id,
+                    script_uri=stored.uri,
+                    script_key=key,
+                    source=stored.content,
+                    handler="init",
+                    phase="init",
+                    context=context,
+                    timeout_ms=self.settings.init_timeout_ms,
+                    host=host,
+                )
+            )
+            ran = bool(result.value.get("ran"))
+        except EngineError as exc:
+            ran = not (isinstance(exc, ScriptFailed) and exc.kind == "eval")
+            error = exc.details or exc.message
+            if exc.code == "SCRIPT_TIMEOUT":
+                error = f"init() exceeded its {self.settings.init_timeout_ms}ms budget and was stopped"
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        report = InitReport(ran=ran, success=error is None, duration_ms=duration_ms, error=error)
+
+        if error is not None:
+            host.lines.append(host.entry("FATAL", f"init failed: {error}"))
+        if report.success or stored.uri not in self._loaded:
+            # Swap version and routes in one step: nothing awaits between these lines.
+            version = LoadedScript(stored.uri, key, stored.content, tuple(host.routes.values()))
+            self._loaded[stored.uri] = version
+            self._table = self._table.with_script(stored.uri, version.routes)
+        await self._logs.write(host.lines)
+        try:
+            await self._database.scripts.record_init(
+                stored.uri, success=report.success, error=error, at_ms=now_ms()
+            )
+        except StorageUnavailable:
+            log.warning("init status not recorded: storage unavailable", script=stored.uri)
+        log.info(
+            "script initialized" if report.success else "script init failed",
+            script=stored.uri,
+            routes=len(host.routes),
+            duration_ms=duration_ms,
+            error=error,
+        )
+        return report
+
+    # -- serving -------------------------------------------------------------------------
+
+    async def invoke_route(
+        self,
+        match: RouteMatch,
+        script: LoadedScript,
+        request: dict[str, Any],
+        request_id: str,
+    ) -> HttpResponse:
+        """Run the matched handler; raises an ``engine.errors`` value on any script failure."""
+        route = match.route
+        host = _InvocationHost(
+            script_uri=script.uri,
+            request_id=request_id,
+            kind="httpRoute",
+            route=route.path,
+            registering=False,
+        )
+        context = {
+            "kind": "httpRoute",
+            "invocationId": request_id,
+            "scriptUri": script.uri,
+            "handlerName": route.handler,
+            "request": request,
+            "args": None,
+        }
+        try:
+            result = await self._pool.invoke(
+                Invocation(
+                    invocation_id=request_id,
+                    script_uri=script.uri,
+                    script_key=script.key,
+                    source=script.source,
+                    handler=route.handler,
+                    phase="handler",
+                    context=context,
+                    timeout_ms=self.settings.handler_timeout_ms,
+                    host=host,
+                )
+            )
+            try:
+                return response_from_result(result.value, handler=route.handler)
+            except ScriptResponseError as exc:
+                raise ScriptFailed(exc.details) from None
+        except EngineError as exc:
+            host.lines.append(host.entry("FATAL", _fatal_message(route.handler, exc)))
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._logs.write(host.lines)
+
+
+def _fatal_message(handler: str, exc: EngineError) -> str:
+    if exc.code == "SCRIPT_TIMEOUT" and exc.details:
+        return exc.details
+    detail = f": {exc.details}" if exc.details else ""
+    return f"Handler '{handler}' failed with {exc.code}{detail}"

@@ -1,0 +1,80 @@
+"""Cross-cutting request handling: request ids, the admin token on ``/engine``, and the last
+line of defence that turns any unexpected exception into a JSON 500 without a traceback."""
+
+from __future__ import annotations
+
+import structlog
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from engine.errors import EngineError
+from engine.runtime import EngineRuntime
+from handlers._responses import (
+    engine_error_envelope,
+    envelope_response,
+    management_error,
+)
+from security import TokenVerdict, check_admin_token
+
+log = structlog.get_logger("aiwebengine.http")
+
+# Public even when the admin token is required: the static landing page.
+_PUBLIC_ENGINE_PATHS = frozenset({"/engine/installed"})
+
+
+def _is_engine_path(path: str) -> bool:
+    return path == "/engine" or path.startswith("/engine/")
+
+
+def install(app: QuartTrio, runtime: EngineRuntime) -> None:
+    security = runtime.config.security
+    expected = security.admin_token.reveal() if security.admin_token is not None else None
+    required = runtime.config.is_production
+
+    @app.before_request
+    async def assign_request_id() -> Response | None:
+        # The engine always mints its own id; an incoming x-request-id is not trusted.
+        g.request_id = runtime.new_request_id()
+        structlog.contextvars.bind_contextvars(request_id=g.request_id)
+        if not runtime.started:
+            return envelope_response(503, "STARTING", "The engine is starting", headers={"Retry-After": "1"})
+        if _is_engine_path(request.path) and request.path not in _PUBLIC_ENGINE_PATHS:
+            verdict = check_admin_token(
+                request.headers.get("authorization"), expected=expected, required=required
+            )
+            if verdict is TokenVerdict.MISSING:
+                return management_error(401, "Unauthorized", message="an admin bearer token is required")
+            if verdict is TokenVerdict.INVALID:
+                return management_error(401, "Unauthorized", message="the bearer token is not valid")
+        return None
+
+    @app.after_request
+    async def stamp(response: Response) -> Response:
+        request_id = getattr(g, "request_id", None)
+        if request_id:
+            response.headers["x-request-id"] = request_id
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        structlog.contextvars.clear_contextvars()
+        return response
+
+    @app.errorhandler(EngineError)
+    async def engine_error(exc: EngineError) -> Response:
+        if _is_engine_path(request.path):
+            return management_error(exc.status, exc.message, code=exc.code)
+        return engine_error_envelope(exc)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        name = (exc.name or "error").upper().replace(" ", "_")
+        if _is_engine_path(request.path):
+            return management_error(status, exc.name or "error")
+        return envelope_response(status, name, exc.name or "error")
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error", path=request.path, method=request.method)
+        if _is_engine_path(request.path):
+            return management_error(500, "Internal server error", code="INTERNAL_SERVER_ERROR")
+        return envelope_response(500, "INTERNAL_SERVER_ERROR", "Internal server error")
