@@ -59,7 +59,7 @@ _TOKEN_KEY = "security.admin_token"  # noqa: S105
 _TOKEN_FILE_KEY = "security.admin_token_file"  # noqa: S105
 _TOKEN_FILE_MAX_BYTES = 4096
 _TOKEN_SOURCES = (
-    f"set {TOKEN_ENV} or {TOKEN_FILE_ENV} (at least {ADMIN_TOKEN_MIN_LENGTH} characters)"
+    f"at least {ADMIN_TOKEN_MIN_LENGTH} characters, from {TOKEN_ENV} or {TOKEN_FILE_ENV}"
 )
 
 
@@ -281,8 +281,8 @@ class SecurityConfig:
     admin_token: Secret | None = _setting(  # noqa: RUF009
         None, _Rule(f"at least {ADMIN_TOKEN_MIN_LENGTH} characters", _check_token)
     )
-    max_request_body_bytes: int = _setting(MiB, _int(1, size=True))
-    max_upload_bytes: int = _setting(10 * MiB, _int(1, size=True))
+    max_request_body_bytes: int = _setting(MiB, _int(1))
+    max_upload_bytes: int = _setting(10 * MiB, _int(1))
 
 
 @attrs.frozen
