@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 
 import attrs
-
 import structlog
 import trio
 

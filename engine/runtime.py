@@ -66,6 +66,7 @@ class EngineRuntime:
         self._stopped = trio.Event()
         self._request_counter = itertools.count(1)
         self.started = False
+        self._started_event = trio.Event()
 
     # Services exist only between start() and stop(); reaching for one outside that window is a
     # programming error, so the properties assert instead of returning Optional.
@@ -118,6 +119,7 @@ class EngineRuntime:
             log.info("installed the example script", uri=EXAMPLE_SCRIPT_URI)
         await self._scripts.load_all()
         self.started = True
+        self._started_event.set()
         log.info(
             "engine started",
             profile=config.profile.value,
@@ -126,13 +128,18 @@ class EngineRuntime:
             version=__version__,
         )
 
-    async def _run_pool(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _run_pool(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with trio.CancelScope() as scope:
             self._cancel = scope
             try:
                 await self.pool.run(task_status=task_status)
             finally:
                 self._stopped.set()
+
+    async def wait_started(self) -> None:
+        await self._started_event.wait()
 
     async def stop(self) -> None:
         self.started = False

@@ -95,7 +95,7 @@ def version_key(uri: str, content: str) -> str:
 
 
 def validate_script(uri: str, content: str, *, max_bytes: int) -> None:
-    """Raise :class:`ValidationError` naming the parameter and rule that ``uri``/``content`` break."""
+    """Raise :class:`ValidationError` naming the parameter and the rule it breaks."""
     if not uri.strip():
         raise ValidationError("uri", "must not be empty")
     if len(uri) > _MAX_URI_CHARS:
@@ -160,7 +160,7 @@ class _InvocationHost:
         if method is None:
             method = "GET"
         if not isinstance(method, str) or not _METHOD.match(method.strip().upper()):
-            raise HostCallError(f"{api}: method must be an HTTP method name such as \"GET\"")
+            raise HostCallError(f'{api}: method must be an HTTP method name such as "GET"')
         method = method.strip().upper()
         if not self.registering:
             return _NOT_IN_PHASE.format(api=api, name=path)
@@ -283,7 +283,7 @@ class ScriptService:
         host = _InvocationHost(
             script_uri=stored.uri, request_id=request_id, kind="init", route=None, registering=True
         )
-        context = {
+        context: dict[str, Any] = {
             "kind": "init",
             "invocationId": request_id,
             "scriptUri": stored.uri,
@@ -317,7 +317,9 @@ class ScriptService:
             ran = not (isinstance(exc, ScriptFailed) and exc.kind == "eval")
             error = exc.details or exc.message
             if exc.code == "SCRIPT_TIMEOUT":
-                error = f"init() exceeded its {self.settings.init_timeout_ms}ms budget and was stopped"
+                error = (
+                    f"init() exceeded its {self.settings.init_timeout_ms}ms budget and was stopped"
+                )
         duration_ms = round((time.perf_counter() - started) * 1000)
         report = InitReport(ran=ran, success=error is None, duration_ms=duration_ms, error=error)
 
@@ -362,7 +364,7 @@ class ScriptService:
             route=route.path,
             registering=False,
         )
-        context = {
+        context: dict[str, Any] = {
             "kind": "httpRoute",
             "invocationId": request_id,
             "scriptUri": script.uri,

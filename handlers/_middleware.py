@@ -38,15 +38,21 @@ def install(app: QuartTrio, runtime: EngineRuntime) -> None:
         g.request_id = runtime.new_request_id()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
         if not runtime.started:
-            return envelope_response(503, "STARTING", "The engine is starting", headers={"Retry-After": "1"})
+            return envelope_response(
+                503, "STARTING", "The engine is starting", headers={"Retry-After": "1"}
+            )
         if _is_engine_path(request.path) and request.path not in _PUBLIC_ENGINE_PATHS:
             verdict = check_admin_token(
                 request.headers.get("authorization"), expected=expected, required=required
             )
             if verdict is TokenVerdict.MISSING:
-                return management_error(401, "Unauthorized", message="an admin bearer token is required")
+                return management_error(
+                    401, "Unauthorized", message="an admin bearer token is required"
+                )
             if verdict is TokenVerdict.INVALID:
-                return management_error(401, "Unauthorized", message="the bearer token is not valid")
+                return management_error(
+                    401, "Unauthorized", message="the bearer token is not valid"
+                )
         return None
 
     @app.after_request

@@ -27,7 +27,7 @@ from handlers._responses import (
     management_engine_error,
     management_error,
 )
-from handlers.sse import sse_event, sse_comment
+from handlers.sse import sse_comment, sse_event
 
 MAX_BACKLOG = 1000
 KEEP_PER_SCRIPT = 20

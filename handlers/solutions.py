@@ -19,6 +19,7 @@ from engine.http_contract import (
 )
 from engine.routing import MethodNotAllowed, RouteMatch, reserved_prefix_of
 from engine.runtime import EngineRuntime
+from engine.scripts import LoadedScript
 from handlers._body import PayloadTooLarge, read_body
 from handlers._responses import engine_error_envelope, envelope_response
 
@@ -56,14 +57,18 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
             return redirect("/engine/installed", 307)
         return envelope_response(404, "NOT_FOUND", "Resource not found")
 
-    async def run_route(match: RouteMatch, script: object, target: str) -> Response:
+    async def run_route(match: RouteMatch, script: LoadedScript, target: str) -> Response:
         content_type = request.headers.get("content-type", "")
         is_form = content_type.split(";", 1)[0].strip().lower() in _FORM_TYPES
-        limit = security.max_upload_bytes + 64 * 1024 if is_form else security.max_request_body_bytes
+        limit = (
+            security.max_upload_bytes + 64 * 1024 if is_form else security.max_request_body_bytes
+        )
         try:
             body = await read_body(limit)
         except PayloadTooLarge as exc:
-            message = "File upload exceeds maximum size limit" if is_form else "Request body too large"
+            message = (
+                "File upload exceeds maximum size limit" if is_form else "Request body too large"
+            )
             return envelope_response(
                 413, "PAYLOAD_TOO_LARGE", message, details=f"limit: {exc.limit} bytes"
             )
@@ -88,7 +93,10 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         )
         try:
             result = await runtime.scripts.invoke_route(
-                match, script, script_request, g.request_id  # type: ignore[arg-type]
+                match,
+                script,
+                script_request,
+                g.request_id,  # type: ignore[arg-type]
             )
         except EngineError as exc:
             return engine_error_envelope(exc)

@@ -15,7 +15,9 @@ def sse_event(event: str | None, data: Any, *, event_id: str | None = None) -> b
         lines.append(f"id: {_single_line(event_id)}")
     if event is not None:
         lines.append(f"event: {_single_line(event)}")
-    lines.extend(f"data: {line}" for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    lines.extend(
+        f"data: {line}" for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    )
     return ("\n".join(lines) + "\n\n").encode()
 
 

@@ -145,7 +145,8 @@ class FrameDecoder:
             (length,) = _HEADER.unpack_from(self._buffer)
             if length > self.max_frame_bytes:
                 raise FrameError(
-                    f"announced frame of {length} bytes exceeds the {self.max_frame_bytes}-byte limit"
+                    f"announced frame of {length} bytes exceeds the "
+                    f"{self.max_frame_bytes}-byte limit"
                 )
             end = _HEADER.size + length
             if len(self._buffer) < end:

@@ -13,6 +13,7 @@ killing workers is refused for a cool-down instead of starving everybody else.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -42,8 +43,8 @@ from engine.sandbox._frames import (
     FrameError,
     HostCall,
     HostReply,
-    Invoke,
     InvocationPhase,
+    Invoke,
     Log,
     NeedSource,
     Ready,
@@ -155,11 +156,14 @@ class _Worker:
             if not chunk:
                 raise WorkerGone(f"worker {self.pid} exited")
             try:
-                self._pending.extend(self._decoder.feed(chunk))
+                self._pending.extend(self._decoder.feed(bytes(chunk)))
             except FrameError as exc:
                 self.kill()
                 raise WorkerGone(f"worker {self.pid} sent garbage: {exc}") from exc
         return self._pending.popleft()
+
+    async def close_input(self) -> None:
+        await self._stdin.aclose()
 
     def remember(self, script_key: str) -> None:
         self.known[script_key] = None
@@ -170,10 +174,8 @@ class _Worker:
     def kill(self) -> None:
         self.dead = True
         if self.process.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
-            except ProcessLookupError:
-                pass
 
 
 class SandboxPool:
@@ -217,15 +219,24 @@ class SandboxPool:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            self._closing = True
             with trio.CancelScope(shield=True):
                 await self._kill_all()
 
     async def _kill_all(self) -> None:
-        for worker in list(self._live):
+        """Stop every worker: close its pipe so it exits by itself (flushing what it has to),
+        and SIGKILL whatever is still alive after a short grace."""
+        self._closing = True
+        workers = list(self._live)
+        for worker in workers:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await worker.close_input()
+        with trio.move_on_after(2):
+            for worker in workers:
+                await worker.process.wait()
+        for worker in workers:
             worker.kill()
         with trio.move_on_after(5):
-            for worker in list(self._live):
+            for worker in workers:
                 await worker.process.wait()
                 self._live.discard(worker)
 
@@ -301,9 +312,7 @@ class SandboxPool:
         if self._closing:
             return
         self._restarts += 1
-        log.warning(
-            "sandbox worker exited", pid=worker.pid, returncode=worker.process.returncode
-        )
+        log.warning("sandbox worker exited", pid=worker.pid, returncode=worker.process.returncode)
         assert self._nursery is not None
         if replace_in_service and self._spares:
             # The warm spare steps in at once; a new spare starts in the background.
@@ -322,9 +331,7 @@ class SandboxPool:
         if self._closing:
             raise Overloaded("the engine is shutting down", retry_after_s=5)
         if self._idle_count == 0 and self._waiting >= self.settings.queue_limit:
-            raise Overloaded(
-                "every sandbox worker is busy and the queue is full", retry_after_s=1
-            )
+            raise Overloaded("every sandbox worker is busy and the queue is full", retry_after_s=1)
         self._waiting += 1
         try:
             while True:
@@ -390,8 +397,9 @@ class SandboxPool:
                 assert result.value is not None
                 return InvocationResult(result.value, result.duration_ms)
             verdict = failure.kind not in ("out_of_memory",)
-            raise ScriptFailed(self._describe_failure(invocation, failure.kind, failure.message),
-                               kind=failure.kind)
+            raise ScriptFailed(
+                self._describe_failure(invocation, failure.kind, failure.message), kind=failure.kind
+            )
         finally:
             if verdict is True:
                 breaker.record_success()

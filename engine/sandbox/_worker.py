@@ -104,7 +104,9 @@ class ScriptContext:
 
 
 class Worker:
-    def __init__(self, channel: FrameChannel, *, memory_limit: int, stack_limit: int, cache_size: int) -> None:
+    def __init__(
+        self, channel: FrameChannel, *, memory_limit: int, stack_limit: int, cache_size: int
+    ) -> None:
         self.channel = channel
         self.memory_limit = memory_limit
         self.stack_limit = stack_limit
@@ -234,8 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     _die_with_parent(args.parent_pid)
-    # SIGINT goes to the whole process group on Ctrl-C; the parent decides when we stop.
+    # Ctrl-C and service managers signal the whole process group; the parent decides when we
+    # stop (and kills us when it goes), so a signal must not cut short a request being drained.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
 
     fd_in, fd_out = os.dup(0), os.dup(1)

@@ -1,0 +1,292 @@
+"""The ``aiwebengine`` command: ``serve``, ``deploy`` and ``logs``.
+
+``serve`` runs the same application as ``hypercorn --worker-class trio 'engine.app:create_app()'``
+in-process, with the configuration checked before any port is bound.  ``deploy`` and ``logs``
+are thin clients of the ``/engine`` API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from engine.config import Config, ConfigError, load_config
+
+DEFAULT_SERVER = "http://127.0.0.1:3000"
+TOKEN_ENV_NAMES = ("AIWEBENGINE_TOKEN", "AIWEBENGINE_SECURITY__ADMIN_TOKEN")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aiwebengine", description="Self-hosted engine for JavaScript web solutions."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the engine")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default 3000; 0 = any free port)")
+    serve.add_argument("--data-dir", type=Path, help="where the database lives (default ./data)")
+    serve.add_argument("--config", type=Path, help="a TOML configuration file")
+    serve.add_argument("--profile", choices=["development", "production"])
+
+    deploy = commands.add_parser("deploy", help="upload a script and show its init() outcome")
+    deploy.add_argument("file", type=Path)
+    deploy.add_argument("--uri", required=True, help="the script's URI (its identity)")
+    _client_options(deploy)
+
+    logs = commands.add_parser("logs", help="show script logs")
+    logs.add_argument("--uri", help="only this script's logs")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    logs.add_argument("--limit", type=int, default=100, help="how many recent lines (default 100)")
+    _client_options(logs)
+    return parser
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("AIWEBENGINE_SERVER", DEFAULT_SERVER),
+        help=f"engine base URL (default $AIWEBENGINE_SERVER or {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="file holding the admin token (default: $AIWEBENGINE_TOKEN or "
+        "$AIWEBENGINE_SECURITY__ADMIN_TOKEN)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        sys.exit(serve_command(args))
+    if args.command == "deploy":
+        sys.exit(deploy_command(args))
+    if args.command == "logs":
+        sys.exit(logs_command(args))
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["server.host"] = args.host
+    if args.port is not None:
+        overrides["server.port"] = args.port
+    if args.data_dir is not None:
+        overrides["server.data_dir"] = str(args.data_dir)
+    if args.profile is not None:
+        overrides["profile"] = args.profile
+    return overrides
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    config_path = args.config or (
+        Path(os.environ["AIWEBENGINE_CONFIG"]) if os.environ.get("AIWEBENGINE_CONFIG") else None
+    )
+    try:
+        config = load_config(config_path, overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"aiwebengine: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(serve, config)
+    except OSError as exc:
+        print(f"aiwebengine: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``config`` until SIGINT/SIGTERM; requests in flight are drained (bounded)."""
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve as hypercorn_serve
+
+    from engine.app import create_app
+
+    app = create_app(config)
+    hypercorn_config = HypercornConfig()
+    hypercorn_config.bind = [_bind_address(config.server.host, config.server.port)]
+    hypercorn_config.graceful_timeout = config.server.shutdown_grace_s
+    hypercorn_config.accesslog = None
+    hypercorn_config.errorlog = "-"
+    stop = trio.Event()
+
+    async def wait_for_signal() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                print(
+                    f"aiwebengine: {signal.Signals(signum).name} received, draining requests",
+                    file=sys.stderr,
+                )
+                stop.set()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait_for_signal)
+        binds = await nursery.start(
+            lambda task_status: hypercorn_serve(
+                app,  # type: ignore[arg-type]
+                hypercorn_config,
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
+        )
+        print(f"aiwebengine: serving on {', '.join(binds)}", file=sys.stderr, flush=True)
+        task_status.started(binds)
+        await stop.wait()
+    print("aiwebengine: stopped", file=sys.stderr)
+
+
+# -- clients -------------------------------------------------------------------------------
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is not None:
+        return str(args.token_file.read_text("utf-8")).strip()
+    for name in TOKEN_ENV_NAMES:
+        if os.environ.get(name):
+            return os.environ[name].strip()
+    return None
+
+
+def _client(args: argparse.Namespace, *, timeout: float | None = 30.0) -> httpx.Client:
+    headers = {}
+    token = _token(args)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(base_url=args.server.rstrip("/"), headers=headers, timeout=timeout)
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        parts = [str(error.get("message") if isinstance(error, dict) else error)]
+        for key in ("message", "details", "parameter", "field"):
+            if isinstance(payload.get(key), str):
+                parts.append(f"{key}: {payload[key]}")
+        return "; ".join(parts)
+    return response.text[:500]
+
+
+def deploy_command(args: argparse.Namespace) -> int:
+    try:
+        content = args.file.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"aiwebengine deploy: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with _client(args, timeout=120.0) as client:
+            # Multipart keeps the body the size of the script (no percent-encoding growth).
+            response = client.post(
+                "/engine/upsert_script",
+                files={"uri": (None, args.uri), "content": (None, content)},
+            )
+    except httpx.HTTPError as exc:
+        print(f"aiwebengine deploy: cannot reach {args.server}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(
+            f"aiwebengine deploy: HTTP {response.status_code}: {_error_text(response)}",
+            file=sys.stderr,
+        )
+        return 1
+    result = response.json()
+    init = result.get("init") or {}
+    print(f"deployed {args.uri} ({result.get('contentLength')} bytes)")
+    if not init.get("success"):
+        print(f"init() failed after {init.get('durationMs')} ms: {init.get('error')}")
+        print("the previous version (if any) keeps serving")
+        return 3
+    ran = "ran" if init.get("ran") else "not defined (top-level registrations used)"
+    print(f"init() {ran}, ok in {init.get('durationMs')} ms")
+    return 0
+
+
+def _format_log(entry: dict[str, Any]) -> str:
+    moment = datetime.fromtimestamp(entry["timestamp"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    where = entry.get("route") or entry.get("kind") or ""
+    return (
+        f"{moment[:-3]}Z {entry['level']:<5} {entry['scriptUri']} {where} "
+        f"[{entry.get('requestId') or '-'}] {entry['message']}"
+    )
+
+
+def logs_command(args: argparse.Namespace) -> int:
+    params: dict[str, str] = {"limit": str(args.limit)}
+    if args.uri:
+        params["uri"] = args.uri
+    try:
+        if args.follow:
+            params["backlog"] = str(min(args.limit, 1000))
+            params.pop("limit")
+            return _follow_logs(args, params)
+        with _client(args) as client:
+            response = client.get("/engine/script_logs", params=params)
+    except httpx.HTTPError as exc:
+        print(f"aiwebengine logs: cannot reach {args.server}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    if response.status_code != 200:
+        print(
+            f"aiwebengine logs: HTTP {response.status_code}: {_error_text(response)}",
+            file=sys.stderr,
+        )
+        return 1
+    entries = response.json()["logs"]
+    entries.sort(key=lambda entry: entry["seq"])
+    for entry in entries:
+        print(_format_log(entry))
+    return 0
+
+
+def _follow_logs(args: argparse.Namespace, params: dict[str, str]) -> int:
+    with (
+        _client(args, timeout=None) as client,
+        client.stream("GET", "/engine/script_logs/stream", params=params) as response,
+    ):
+        if response.status_code != 200:
+            response.read()
+            print(
+                f"aiwebengine logs: HTTP {response.status_code}: {_error_text(response)}",
+                file=sys.stderr,
+            )
+            return 1
+        event, data = None, []
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+            elif line == "":
+                if event == "log" and data:
+                    print(_format_log(json.loads("\n".join(data))), flush=True)
+                event, data = None, []
+    return 0
+
+
+if __name__ == "__main__":
+    main()
