@@ -58,6 +58,9 @@ TOKEN_FILE_ENV = "AIWEBENGINE_SECURITY__ADMIN_TOKEN_FILE"  # noqa: S105
 _TOKEN_KEY = "security.admin_token"  # noqa: S105
 _TOKEN_FILE_KEY = "security.admin_token_file"  # noqa: S105
 _TOKEN_FILE_MAX_BYTES = 4096
+# Variables with the prefix that belong to the command-line tool, not to the configuration:
+# the configuration file to load, and the server URL and token of the client commands.
+CLI_VARIABLES = frozenset({"AIWEBENGINE_CONFIG", "AIWEBENGINE_SERVER", "AIWEBENGINE_TOKEN"})
 _TOKEN_SOURCES = (
     f"at least {ADMIN_TOKEN_MIN_LENGTH} characters, from {TOKEN_ENV} or {TOKEN_FILE_ENV}"
 )
@@ -519,7 +522,7 @@ class _Loader:
     def read_env(self, env: Mapping[str, str]) -> None:
         names: dict[str, list[str]] = {}
         for name in sorted(env):
-            if not name.startswith(ENV_PREFIX):
+            if not name.startswith(ENV_PREFIX) or name in CLI_VARIABLES:
                 continue
             section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
             dotted = f"{section}.{key}" if sep else section

@@ -219,6 +219,15 @@ def test_variables_without_the_prefix_are_ignored() -> None:
     assert load_config(None, env=env) == Config()
 
 
+def test_the_command_line_tools_own_variables_are_not_configuration_keys() -> None:
+    env = {
+        "AIWEBENGINE_CONFIG": "/etc/aiwebengine.toml",
+        "AIWEBENGINE_SERVER": "http://127.0.0.1:3000",
+        "AIWEBENGINE_TOKEN": "x",
+    }
+    assert load_config(None, env=env) == Config()
+
+
 def test_overrides_set_to_none_count_as_not_given() -> None:
     config = load_config(
         None, env={"AIWEBENGINE_SERVER__PORT": "2222"}, overrides={"server.port": None}
