@@ -1,10 +1,13 @@
 """The configuration: sources and precedence, every rule, and how problems are reported."""
 
+import importlib
+import importlib.util
 import math
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -12,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine import config as config_module
 from engine.config import (
     DEFAULT_MEMORY_LIMIT,
     Config,
@@ -29,10 +31,10 @@ from engine.config import (
     load_config,
 )
 
-try:
-    import tomli_w
-except ImportError:  # pragma: no cover - the fallback writer below is used instead
-    tomli_w = None
+# tomli_w writes TOML when installed; otherwise the tiny writer below does.
+tomli_w: ModuleType | None = (
+    importlib.import_module("tomli_w") if importlib.util.find_spec("tomli_w") else None
+)
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 TOKEN = "t" * 40
@@ -111,7 +113,7 @@ def test_database_url_defaults_to_an_absolute_sqlite_file_in_the_data_dir(
 def test_automatic_pool_size_and_init_concurrency_follow_the_cpu_count(
     monkeypatch: pytest.MonkeyPatch, cpus: int | None, pool: int, init: int
 ) -> None:
-    monkeypatch.setattr(config_module.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
     sandbox = SandboxConfig()
     assert (sandbox.effective_pool_size(), sandbox.effective_init_concurrency()) == (pool, init)
     explicit = SandboxConfig(pool_size=3, init_concurrency=5)
@@ -672,6 +674,15 @@ def test_env_example_names_only_known_variables_and_leaves_the_token_empty() -> 
     assert {env_name(key) for key in ALL_KEYS if key != "security.admin_token"} <= set(env)
 
 
+def test_the_administrators_guide_has_a_table_row_for_every_key() -> None:
+    guide = (REPO / "docs/administrators/configuration.md").read_text()
+    for key in ALL_KEYS:
+        section, _, name = key.rpartition(".")
+        heading = f"### `[{section}]`" if section else "### top level"
+        table = guide.split(heading, 1)[1].split("\n### ", 1)[0]
+        assert f"| `{name}` |" in table, key
+
+
 # --- properties
 
 
@@ -783,7 +794,7 @@ def toml_literal(value: Any) -> str:
 
 def to_toml(document: Mapping[str, Any]) -> str:
     if tomli_w is not None:
-        return tomli_w.dumps(document)
+        return str(tomli_w.dumps(document))
     lines = [f"{k} = {toml_literal(v)}" for k, v in document.items() if not isinstance(v, dict)]
     for table, values in document.items():
         if isinstance(values, dict):
