@@ -9,7 +9,7 @@ administrator fixes a broken configuration in one pass instead of one restart pe
 
 The admin token is a :class:`Secret`.  It is accepted from the environment (or a file the
 environment names) but never from the TOML file, which tends to be committed to version
-control or left world-readable; its value never appears in a repr, a log line or a problem.
+control or left world-readable; its value never appears in a repr or in a reported problem.
 """
 
 import contextlib
