@@ -27,7 +27,7 @@ import attrs
 try:
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
-except ImportError:  # pragma: no cover - releases before 0.0.13 only had the old name
+except ImportError:  # pragma: no cover - older python-multipart only has the old import name
     from multipart.exceptions import FormParserError  # type: ignore[no-redef]
     from multipart.multipart import (  # type: ignore[no-redef]
         MultipartParser,
@@ -53,7 +53,7 @@ _UPLOAD_FILENAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 # RFC 9110 token; what h11 and every proxy accept as a header name.
 _HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Visible ASCII, space and tab.  Non-ASCII is refused because its encoding on the wire is
-# ambiguous (the original refused it too); control characters would split or corrupt headers.
+# ambiguous (the request side drops it too); control characters would split or corrupt headers.
 _HEADER_VALUE: Final = re.compile(r"[\t\x20-\x7e]*")
 _HOP_BY_HOP: Final = frozenset(
     {"connection", "transfer-encoding", "content-length", "keep-alive", "upgrade", "te", "trailer"}
