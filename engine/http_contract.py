@@ -336,10 +336,11 @@ def _status_of(result: Mapping[str, Any], handler: str) -> int:
     # JSON cannot tell 200 from 200.0, so an integral float is an integer here.
     if isinstance(status, float) and status.is_integer():
         status = int(status)
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 999:
+    # 1xx codes are interim responses in HTTP: a handler's single answer cannot be one.
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 999:
         raise ScriptResponseError(
             f"invalid status: handler '{handler}' returned status {_describe(status)}; "
-            "expected an integer from 100 to 999"
+            "expected an integer from 200 to 999 (1xx are interim codes, not final answers)"
         )
     return status
 
