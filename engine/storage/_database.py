@@ -77,6 +77,8 @@ class Database:
         try:
             await runner.call(lambda: upgrade(engine, report))
         except BaseException:
+            # Not awaited in a thread: this may run while the caller is being cancelled.  At
+            # most a connection or two are open here.
             engine.dispose()
             raise
         return cls(engine, runner, breaker)
