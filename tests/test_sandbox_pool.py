@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -62,11 +63,11 @@ class FakeClock:
 
 @asynccontextmanager
 async def running_pool(
-    *, clock: Callable[[], float] | None = None, **settings: Any
+    *, clock: Callable[[], float] = time.monotonic, **settings: Any
 ) -> AsyncIterator[SandboxPool]:
     values: dict[str, Any] = {"size": 1, "warm_spares": 0}
     values.update(settings)
-    pool = SandboxPool(PoolSettings(**values), **({"clock": clock} if clock else {}))
+    pool = SandboxPool(PoolSettings(**values), clock=clock)
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         try:
@@ -455,7 +456,8 @@ async def test_a_runaway_handler_times_out_and_its_worker_is_replaced() -> None:
 
 
 async def test_a_caller_that_gives_up_does_not_get_its_worker_back_mid_script() -> None:
-    async with running_pool() as pool:
+    # A threshold of one: a single failure recorded against the script would open its breaker.
+    async with running_pool(breaker_failure_threshold=1) as pool:
         (pid,) = pool.worker_pids()
         with trio.move_on_after(0.3):
             await pool.invoke(invocation(RUNAWAY, timeout_ms=10_000))
