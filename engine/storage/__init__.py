@@ -12,10 +12,17 @@ Implementation: ``_tables`` (schema), ``_runner`` (threads, transactions, breake
 """
 
 from engine.storage._database import Database, migrate
-from engine.storage._logs import LogEntry, LogQuery, LogRepository, NewLogEntry
+from engine.storage._logs import (
+    MAX_CONTAINS_LENGTH,
+    LogEntry,
+    LogQuery,
+    LogRepository,
+    NewLogEntry,
+)
 from engine.storage._scripts import ScriptRepository, StoredScript, UpsertOutcome
 
 __all__ = [
+    "MAX_CONTAINS_LENGTH",
     "Database",
     "LogEntry",
     "LogQuery",
