@@ -28,6 +28,7 @@ import trio
 from engine.errors import (
     EngineError,
     HostCallError,
+    Overloaded,
     ScriptFailed,
     StorageUnavailable,
     ValidationError,
@@ -314,7 +315,10 @@ class ScriptService:
             )
             ran = bool(result.value.get("ran"))
         except EngineError as exc:
-            ran = not (isinstance(exc, ScriptFailed) and exc.kind == "eval")
+            # The pass ran unless the script failed to evaluate or never reached a worker.
+            ran = not isinstance(exc, Overloaded) and not (
+                isinstance(exc, ScriptFailed) and exc.kind == "eval"
+            )
             error = exc.details or exc.message
             if exc.code == "SCRIPT_TIMEOUT":
                 error = (
@@ -327,9 +331,13 @@ class ScriptService:
             host.lines.append(host.entry("FATAL", f"init failed: {error}"))
         if report.success or stored.uri not in self._loaded:
             # Swap version and routes in one step: nothing awaits between these lines.
+            previous = self._loaded.get(stored.uri)
             version = LoadedScript(stored.uri, key, stored.content, tuple(host.routes.values()))
             self._loaded[stored.uri] = version
             self._table = self._table.with_script(stored.uri, version.routes)
+            if previous is not None and previous.key != key:
+                # A new version starts with a clean record.
+                self._pool.forget_script(stored.uri)
         await self._logs.write(host.lines)
         try:
             await self._database.scripts.record_init(

@@ -202,11 +202,6 @@ async def test_a_memory_bomb_is_contained_and_other_scripts_keep_answering(
         pytest.param(
             MEMORY_BOMBS["sparse-arrays"],
             id="sparse-arrays",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="QuickJS throws null on this out-of-memory; the worker reports it as an "
-                "ordinary exception and the client reads 'call handler: null'",
-            ),
         ),
         pytest.param(MEMORY_BOMBS["filled-arrays"], id="filled-arrays"),
     ],
@@ -318,12 +313,6 @@ async def test_a_failed_probe_reopens_the_breaker_for_another_cool_down(tmp_path
         await assert_pool_recovers(pool_of(engine))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="upsert runs the new version's init() through the same per-script breaker, so while "
-    "it is open the fix is refused (init.success false, 'is failing repeatedly and is paused') "
-    "and the broken version keeps serving until the cool-down ends",
-)
 async def test_a_fixed_version_can_be_deployed_while_the_breaker_is_open(tmp_path: Path) -> None:
     config = make_config(
         tmp_path / "d",

@@ -408,11 +408,6 @@ async def test_running_out_of_js_memory_names_the_limit_and_the_worker_keeps_ser
         assert pool.stats().restarts == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="QuickJS throws null when it runs out of memory allocating a large array; the "
-    "worker classifies that as an ordinary exception ('call handler: null')",
-)
 async def test_a_sparse_array_memory_bomb_is_reported_as_out_of_memory() -> None:
     bomb = "function h() { var a = []; for (;;) a.push(new Array(1e6)); }"
     async with running_pool(memory_limit_bytes=8 * MiB) as pool:
@@ -422,11 +417,6 @@ async def test_a_sparse_array_memory_bomb_is_reported_as_out_of_memory() -> None
     assert "memory limit of 8 MiB" in (failed.value.details or "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lone surrogate in a result survives JSON.stringify, then encode_frame raises "
-    "UnicodeEncodeError in the worker, which dies: ScriptCrashed instead of a result or failure",
-)
 async def test_a_result_with_a_lone_surrogate_does_not_crash_the_worker() -> None:
     async with running_pool() as pool:
         with suppress(ScriptFailed):

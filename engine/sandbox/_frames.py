@@ -103,10 +103,53 @@ _FRAME_TYPES: Final[dict[str, type[Any]]] = {
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
+# The default hooks coerce ("12" -> 12, "no" -> True, "abc" -> ['a','b','c']).  A frame from a
+# worker is outside input -- the worker runs untrusted code -- so types are checked, not guessed.
+def _exact(expected: type[Any], *accepted: type[Any]) -> Any:
+    allowed = accepted or (expected,)
+
+    def structure(value: Any, _: Any) -> Any:
+        if isinstance(value, bool) and bool not in allowed:
+            raise TypeError(f"expected {expected.__name__}, got a boolean")
+        if not isinstance(value, allowed):
+            raise TypeError(f"expected {expected.__name__}, got {type(value).__name__}")
+        return expected(value) if expected is float else value
+
+    return structure
+
+
+_converter.register_structure_hook(str, _exact(str))
+_converter.register_structure_hook(int, _exact(int))
+_converter.register_structure_hook(float, _exact(float, int, float))
+_converter.register_structure_hook(bool, _exact(bool))
+
+
+def _list_of_any(value: Any, _: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _dict_of_any(value: Any, _: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+_converter.register_structure_hook_func(lambda t: t == list[Any], _list_of_any)
+_converter.register_structure_hook_func(lambda t: t == dict[str, Any], _dict_of_any)
+
+
 def encode_frame(frame: Frame) -> bytes:
     payload = _converter.unstructure(frame)
     payload["t"] = type(frame).__name__
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:
+        # JavaScript strings may hold lone surrogates, which UTF-8 cannot carry; they become
+        # U+FFFD, as a browser does when it turns such a string into bytes.
+        data = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
     if len(data) > MAX_FRAME_BYTES:
         raise FrameError(f"frame of {len(data)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
     return _HEADER.pack(len(data)) + data
@@ -116,8 +159,11 @@ def decode_payload(data: bytes) -> Frame:
     """Turn one frame body into a frame object, or raise :class:`FrameError`."""
     try:
         raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError(f"frame body is not JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and integers past the digit limit; RecursionError
+        # is absurdly deep nesting.
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise FrameError(f"frame body is not JSON: {reason}") from None
     if not isinstance(raw, dict):
         raise FrameError("frame body is not a JSON object")
     tag = raw.pop("t", None)
@@ -126,7 +172,10 @@ def decode_payload(data: bytes) -> Frame:
         raise FrameError(f"unknown frame type {tag!r}")
     try:
         frame: Frame = _converter.structure(raw, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+    except cattrs.BaseValidationError as exc:
+        problems = "; ".join(cattrs.transform_error(exc, path=tag))
+        raise FrameError(f"malformed {tag} frame: {problems}") from None
+    except (TypeError, ValueError, KeyError, RecursionError) as exc:
         raise FrameError(f"malformed {tag} frame: {exc}") from None
     return frame
 

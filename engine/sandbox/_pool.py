@@ -355,12 +355,16 @@ class SandboxPool:
         return breaker
 
     def forget_script(self, script_uri: str) -> None:
+        """Drop the script's breaker: it was deleted, or a new version replaced the old."""
         self._breakers.pop(script_uri, None)
 
     async def invoke(self, invocation: Invocation) -> InvocationResult:
         """Run one handler; raises the ``engine.errors`` value describing any failure."""
         breaker = self.breaker_for(invocation.script_uri)
-        if not breaker.allow():
+        # init() is how a fix gets deployed, so it is never refused by the breaker (and its
+        # outcome does not count): an operator must be able to replace a version that trips it.
+        guarded = invocation.phase != "init"
+        if guarded and not breaker.allow():
             raise ScriptCircuitOpen(
                 f"script '{invocation.script_uri}' is failing repeatedly and is paused",
                 retry_after_s=breaker.retry_after(),
@@ -401,7 +405,9 @@ class SandboxPool:
                 self._describe_failure(invocation, failure.kind, failure.message), kind=failure.kind
             )
         finally:
-            if verdict is True:
+            if not guarded:
+                pass
+            elif verdict is True:
                 breaker.record_success()
             elif verdict is False:
                 breaker.record_failure()

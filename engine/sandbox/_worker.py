@@ -46,6 +46,9 @@ from engine.sandbox._frames import (
 _NO_HANDLER_MARK = "__aiwe_no_handler__:"
 _MAX_MESSAGE_CHARS = 4000
 _PR_SET_PDEATHSIG = 1
+# Allocating a large array past the limit makes QuickJS throw `null` rather than an
+# "out of memory" error; an allocator this close to its limit is taken to have run out.
+_EXHAUSTED_FRACTION = 0.95
 
 
 class ProtocolViolation(Exception):
@@ -98,6 +101,7 @@ class ScriptContext:
         # state where the *next* eval fails.  They always return a value.
         self.context.add_callable("__aiwe_host", worker.host_call)
         self.context.add_callable("__aiwe_log", worker.log)
+        worker._evaluating = self.context
         self.context.eval(worker.prelude)
         self.context.eval(source)
         self.invoke = self.context.get("__aiwe_invoke")
@@ -114,6 +118,7 @@ class Worker:
         self.prelude = resources.files("engine.sandbox").joinpath("prelude.js").read_text("utf-8")
         self._contexts: OrderedDict[str, ScriptContext] = OrderedDict()
         self._invocation_id: str | None = None
+        self._evaluating: Any = None  # the context whose script is being evaluated, if any
         self._next_call_id = 0
 
     # -- host bridges (called from inside JavaScript) -------------------------------------
@@ -169,6 +174,7 @@ class Worker:
                 return self._failure(invoke, started, exc, evaluating=True)
             finally:
                 self._invocation_id = None
+                self._evaluating = None
             self._contexts[invoke.script_key] = context
             while len(self._contexts) > self.cache_size:
                 self._contexts.popitem(last=False)
@@ -185,6 +191,11 @@ class Worker:
             self._invocation_id = None
         return Result(invoke.invocation_id, value=value, duration_ms=_elapsed_ms(started))
 
+    def _exhausted(self, script_key: str) -> bool:
+        script = self._contexts.get(script_key)
+        context = script.context if script is not None else self._evaluating
+        return context is not None and _near_limit(context)
+
     def _failure(
         self, invoke: Invoke, started: float, exc: Exception, *, evaluating: bool
     ) -> Result:
@@ -194,8 +205,14 @@ class Worker:
         if isinstance(exc, quickjs.StackOverflow):
             kind = "stack_overflow"
             message = first_line
-        elif "out of memory" in first_line:
+        elif "out of memory" in first_line or self._exhausted(invoke.script_key):
             kind = "out_of_memory"
+        elif first_line == "null":
+            # When even the "out of memory" error object cannot be allocated QuickJS throws
+            # null, and by the time we look the garbage is already freed.  A script that throws
+            # null on purpose is reported the same way; it is rare and the advice still holds.
+            kind = "out_of_memory"
+            message = "null thrown (QuickJS throws null when an allocation fails)"
         elif first_line.startswith("Error: " + _NO_HANDLER_MARK):
             kind = "no_handler"
             message = first_line[len("Error: " + _NO_HANDLER_MARK) :]
@@ -211,6 +228,12 @@ class Worker:
             failure=Failure(kind, _trim(message)),
             duration_ms=_elapsed_ms(started),
         )
+
+
+def _near_limit(context: Any) -> bool:
+    stats = context.memory()
+    limit = stats.get("malloc_limit") or 0
+    return bool(limit) and stats.get("malloc_size", 0) >= _EXHAUSTED_FRACTION * limit
 
 
 def _elapsed_ms(started: float) -> float:
