@@ -144,7 +144,7 @@ async def serve(
         nursery.start_soon(wait_for_signal)
         binds = await nursery.start(
             lambda task_status: hypercorn_serve(
-                app,  # type: ignore[arg-type]
+                app,
                 hypercorn_config,
                 shutdown_trigger=stop.wait,
                 task_status=task_status,

@@ -32,7 +32,7 @@ one segment trie per method for parameter patterns and a dict of wildcard prefix
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -62,6 +62,10 @@ def reserved_prefix_of(path: str) -> str | None:
     return _RESERVED_FIRST_SEGMENTS.get(segments[0])
 
 
+def _as_tuple(tags: Iterable[str]) -> tuple[str, ...]:
+    return tuple(tags)
+
+
 @attrs.frozen
 class Route:
     """One ``registerRoute`` call of one script."""
@@ -72,7 +76,7 @@ class Route:
     handler: str
     summary: str | None = None
     description: str | None = None
-    tags: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple)
 
 
 def _copy_params(params: Mapping[str, str]) -> dict[str, str]:
