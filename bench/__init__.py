@@ -1,0 +1,10 @@
+"""aiwebengine's benchmark suite: ``python -m bench`` (or ``nox -s bench``).
+
+Every benchmark compares the engine with a baseline measured in the same run, against servers
+running in their own process groups on 127.0.0.1, and writes ``docs/performance.md``.
+
+Layout: ``_suite`` (the benchmarks), ``_loadgen`` (the multi-process load generator),
+``_http`` (response framing without I/O), ``_servers`` (starting and stopping the servers),
+``_scripts`` (the JavaScript deployed), ``_report`` (the Markdown), ``bare_app`` and
+``static_responder`` (the baselines, run as their own processes).
+"""
