@@ -195,6 +195,13 @@ async def test_urlencoded_form_is_decoded_and_the_raw_body_is_still_present(
     assert request["files"] == []
     assert request["headers"]["content-type"] == "application/x-www-form-urlencoded"
 
+    with_charset = await echo.client.post(
+        "/echo",
+        content=b"city=K%C3%B6ln",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"},
+    )
+    assert (await seen(with_charset))["context"]["request"]["form"] == {"city": "Köln"}
+
 
 async def test_multipart_uploads_become_form_fields_and_base64_files(echo: Engine) -> None:
     binary = bytes([0, 255, 16, 128, 10])
@@ -228,15 +235,21 @@ async def test_multipart_uploads_become_form_fields_and_base64_files(echo: Engin
     assert request["body"] == ""
 
 
-async def test_multipart_post_of_text_keeps_the_raw_body(echo: Engine) -> None:
+async def test_multipart_post_of_text_keeps_the_raw_body_and_the_last_repeated_field(
+    echo: Engine,
+) -> None:
     response = await echo.client.post(
-        "/echo", files=[("document", ("notes.txt", b"plain text", "text/plain"))]
+        "/echo",
+        data={"tag": ["first", "last"]},
+        files=[("document", ("notes.txt", b"plain text", "text/plain"))],
     )
     request = (await seen(response))["context"]["request"]
     boundary = request["headers"]["content-type"].split("boundary=", 1)[1]
     assert request["body"].startswith(f"--{boundary}\r\n")
     assert 'name="document"; filename="notes.txt"' in request["body"]
     assert request["files"][0]["size"] == len(b"plain text")
+    # As in the query string, the last of repeated fields wins.
+    assert request["form"] == {"tag": "last"}
 
 
 async def test_json_bodies_are_not_parsed_and_empty_bodies_are_null(echo: Engine) -> None:

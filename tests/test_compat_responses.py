@@ -296,10 +296,10 @@ async def test_throwing_a_non_error_value_is_reported_the_same_way(failing: Engi
 async def test_async_handlers_and_thenables_are_refused_with_the_promise_message(
     failing: Engine,
 ) -> None:
-    for path in ("/fail/async", "/fail/thenable"):
+    for path, handler in (("/fail/async", "later"), ("/fail/thenable", "thenable")):
         response = await failing.client.get(path)
         details = script_failure(response)
-        assert "returned a promise" in details
+        assert details.startswith(f"Handler '{handler}' returned a promise")
         assert "never" not in response.text
         assert len(await fatal_lines(failing, response.headers["x-request-id"])) == 1
 

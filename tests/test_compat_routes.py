@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Engine
+from engine.config import Config
+from tests.conftest import Engine, running_engine
 
 RESERVED_PATHS = [
     "/engine/x",
@@ -202,8 +203,32 @@ function late(context) {
   var result = routeRegistry.registerRoute("/late", "late", "GET");
   return JSON.stringify({ type: typeof result, result: result });
 }
-function init() { routeRegistry.registerRoute("/register-now", "late", "GET"); }
+function first() { return "first"; }
+function second() { return "second"; }
+function init() {
+  console.log(routeRegistry.registerRoute("/register-now", "late", "GET"));
+  console.log(routeRegistry.registerRoute("/default-method", "first"));
+  console.log(routeRegistry.registerRoute("/null-method", "first", null));
+  routeRegistry.registerRoute("/twice", "first", "GET");
+  routeRegistry.registerRoute("/twice", "second", "GET");
+}
 """
+
+
+async def test_registering_during_init_answers_the_upstream_message_and_the_last_one_wins(
+    engine: Engine,
+) -> None:
+    await engine.deploy("phase.js", PHASE_SCRIPT)
+
+    lines = await script_logs(engine, uri="phase.js", kind="init", level="LOG")
+    assert [line["message"] for line in lines] == [
+        "Route 'GET /register-now' registered to handler 'late'",
+        "Route 'GET /default-method' registered to handler 'first'",
+        "Route 'GET /null-method' registered to handler 'first'",
+    ]
+    assert (await engine.client.get("/default-method")).text == "first"
+    assert (await engine.client.get("/null-method")).text == "first"
+    assert (await engine.client.get("/twice")).text == "second"
 
 
 async def test_registering_from_a_handler_returns_the_upstream_message_and_registers_nothing(
@@ -370,6 +395,54 @@ async def test_fixing_a_broken_script_clears_its_init_error(engine: Engine) -> N
     assert status["initError"] is None
     assert (await engine.client.get("/lifecycle/broken")).status_code == 404
     assert (await engine.client.get("/lifecycle/a")).text == "a from v2"
+
+
+INIT_CONTEXT_SCRIPT = """
+function served() { return "still registered"; }
+function init(context) {
+  console.log(JSON.stringify({
+    keys: Object.keys(context), context: context, isGlobal: globalThis.context === context,
+  }));
+  routeRegistry.registerRoute("/after-restart", "served", "GET");
+}
+"""
+
+
+async def init_contexts(engine: Engine) -> list[dict[str, Any]]:
+    lines = await script_logs(engine, uri="init-context.js", kind="init", level="LOG")
+    return [json.loads(line["message"]) for line in lines]
+
+
+async def test_init_receives_an_init_context_and_runs_again_at_startup(config: Config) -> None:
+    async with running_engine(config) as engine:
+        await engine.deploy("init-context.js", INIT_CONTEXT_SCRIPT)
+        [seen] = await init_contexts(engine)
+    assert seen["keys"] == [
+        "kind",
+        "invocationId",
+        "scriptUri",
+        "handlerName",
+        "request",
+        "args",
+        "meta",
+    ]
+    context = seen["context"]
+    assert context["kind"] == "init"
+    assert context["scriptUri"] == "init-context.js"
+    assert context["request"] == {"query": {}}
+    assert context["args"] is None
+    assert seen["isGlobal"] is True
+    meta = context["meta"]["init"]
+    assert (meta["scriptName"], meta["isStartup"]) == ("init-context.js", False)
+    assert isinstance(meta["timestamp"], int)
+
+    # A restart loads the stored script and runs its init() again, marked as startup.
+    async with running_engine(config) as engine:
+        assert (await engine.client.get("/after-restart")).text == "still registered"
+        first, second = await init_contexts(engine)
+    assert second["context"]["meta"]["init"]["isStartup"] is True
+    assert second["context"]["meta"]["init"]["timestamp"] >= meta["timestamp"]
+    assert second["context"]["invocationId"] != first["context"]["invocationId"]
 
 
 async def test_delete_makes_the_scripts_routes_404_and_leaves_other_scripts_serving(
