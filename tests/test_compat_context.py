@@ -60,7 +60,7 @@ async def echo(engine: Engine) -> Engine:
     return engine
 
 
-async def seen(response: Any) -> dict[str, Any]:
+def seen(response: Any) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     payload: dict[str, Any] = response.json()
     return payload
@@ -72,7 +72,7 @@ async def test_http_handler_context_has_the_upstream_shape(echo: Engine) -> None
         params={"q": "1"},
         headers={"X-Custom-Header": "Value", "x-request-id": "forged"},
     )
-    payload = await seen(response)
+    payload = seen(response)
     context = payload["context"]
 
     assert payload["contextKeys"] == [
@@ -130,7 +130,7 @@ async def test_request_headers_are_lowercase_last_wins_ascii_only(echo: Engine) 
         ],
         content=b"payload",
     )
-    request = (await seen(response))["context"]["request"]
+    request = seen(response)["context"]["request"]
     assert request["method"] == "PUT"
     headers = request["headers"]
     assert headers["x-mixed-case"] == "Kept As Sent"
@@ -167,7 +167,7 @@ async def test_query_is_decoded_with_plus_and_percent_and_the_last_duplicate_win
 ) -> None:
     raw_query = "q=hello+world&plus=a%2Bb&euro=%E2%82%AC%20x&dup=1&dup=2&dup=3&flag&k%20ey=v"
     response = await echo.client.get(f"/echo?{raw_query}")
-    request = (await seen(response))["context"]["request"]
+    request = seen(response)["context"]["request"]
     assert request["query"] == {
         "q": "hello world",
         "plus": "a+b",
@@ -188,7 +188,7 @@ async def test_urlencoded_form_is_decoded_and_the_raw_body_is_still_present(
         content=raw.encode(),
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
-    request = (await seen(response))["context"]["request"]
+    request = seen(response)["context"]["request"]
     assert request["form"] == {"name": "Ada Lovelace", "note": "50% off", "dup": "last"}
     assert request["body"] == raw
     assert request["query"] == {"from": "query"}
@@ -200,7 +200,7 @@ async def test_urlencoded_form_is_decoded_and_the_raw_body_is_still_present(
         content=b"city=K%C3%B6ln",
         headers={"Content-Type": "application/x-www-form-urlencoded; charset=UTF-8"},
     )
-    assert (await seen(with_charset))["context"]["request"]["form"] == {"city": "Köln"}
+    assert seen(with_charset)["context"]["request"]["form"] == {"city": "Köln"}
 
 
 async def test_multipart_uploads_become_form_fields_and_base64_files(echo: Engine) -> None:
@@ -213,7 +213,7 @@ async def test_multipart_uploads_become_form_fields_and_base64_files(echo: Engin
             ("image", ("pixel.bin", binary, "application/octet-stream")),
         ],
     )
-    request = (await seen(response))["context"]["request"]
+    request = seen(response)["context"]["request"]
     assert request["form"] == {"title": "Report", "lang": "fi"}
     assert request["files"] == [
         {
@@ -243,7 +243,7 @@ async def test_multipart_post_of_text_keeps_the_raw_body_and_the_last_repeated_f
         data={"tag": ["first", "last"]},
         files=[("document", ("notes.txt", b"plain text", "text/plain"))],
     )
-    request = (await seen(response))["context"]["request"]
+    request = seen(response)["context"]["request"]
     boundary = request["headers"]["content-type"].split("boundary=", 1)[1]
     assert request["body"].startswith(f"--{boundary}\r\n")
     assert 'name="document"; filename="notes.txt"' in request["body"]
@@ -257,22 +257,22 @@ async def test_json_bodies_are_not_parsed_and_empty_bodies_are_null(echo: Engine
     response = await echo.client.post(
         "/echo", content=document.encode(), headers={"Content-Type": "application/json"}
     )
-    request = (await seen(response))["context"]["request"]
+    request = seen(response)["context"]["request"]
     assert request["body"] == document
     assert request["form"] == {}
 
     empty = await echo.client.post("/echo", content=b"")
-    assert (await seen(empty))["context"]["request"]["body"] is None
+    assert seen(empty)["context"]["request"]["body"] is None
 
     invalid_utf8 = await echo.client.post("/echo", content=b"\xff\xfe")
-    assert (await seen(invalid_utf8))["context"]["request"]["body"] == ""
+    assert seen(invalid_utf8)["context"]["request"]["body"] == ""
 
 
 async def test_each_request_gets_its_own_invocation_id_and_global_context(echo: Engine) -> None:
     # Contexts stay warm between requests; the global must still be this request's context.
     first = await echo.client.get("/echo", params={"n": "1"})
     second = await echo.client.get("/echo", params={"n": "2"})
-    one, two = (await seen(first))["context"], (await seen(second))["context"]
+    one, two = seen(first)["context"], seen(second)["context"]
     assert one["invocationId"] != two["invocationId"]
     assert two["invocationId"] == second.headers["x-request-id"]
     assert two["request"]["query"] == {"n": "2"}

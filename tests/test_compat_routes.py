@@ -33,7 +33,7 @@ NOT_IN_PHASE = (
 
 def envelope_of(response: Any) -> dict[str, Any]:
     """The error envelope of a solution-route response, after checking its framing."""
-    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["content-type"] == "application/json"
     payload: dict[str, Any] = response.json()
     assert payload["status"] == response.status_code
     assert payload["error"]["request_id"] == response.headers["x-request-id"]
@@ -41,10 +41,10 @@ def envelope_of(response: Any) -> dict[str, Any]:
 
 
 async def init_status(engine: Engine, uri: str) -> Any:
+    """The script's ``status`` object, ``None`` for an unknown script."""
     response = await engine.client.get("/engine/script_init_status", params={"uri": uri})
     assert response.status_code == 200
-    status: dict[str, Any] = response.json()["status"]
-    return status
+    return response.json()["status"]
 
 
 async def script_logs(engine: Engine, **params: str) -> list[dict[str, Any]]:
@@ -90,7 +90,7 @@ async def test_get_route_answers_head_without_a_body_unless_head_is_registered(
     head = await engine.client.head("/greet")
     assert head.status_code == 200
     assert head.content == b""
-    # The GET handler ran (for HEAD it sees method HEAD, as upstream) and its headers are kept.
+    # The GET handler ran (seeing the request's own method, HEAD) and its headers are kept.
     assert head.headers["content-type"] == get.headers["content-type"]
     assert head.headers["x-hello"] == "yes"
     assert head.headers["content-length"] == str(len("hello HEAD"))
@@ -376,6 +376,13 @@ async def test_a_broken_redeploy_keeps_the_old_routes_and_records_the_init_error
     # The new source is stored all the same: the author can read back what failed.
     stored = await engine.client.get("/engine/read_script", params={"uri": "life.js"})
     assert stored.text == BROKEN
+
+    # A redeploy that does not even evaluate is refused the same way.
+    unparsable = await engine.deploy("life.js", "function init( {")
+    assert (unparsable["init"]["ran"], unparsable["init"]["success"]) == (False, False)
+    assert "SyntaxError" in unparsable["init"]["error"]
+    assert "SyntaxError" in (await init_status(engine, "life.js"))["initError"]
+    assert (await engine.client.get("/lifecycle/a")).text == "a from v1"
 
 
 async def test_a_first_deploy_whose_init_throws_installs_the_routes_registered_before_the_throw(
