@@ -667,7 +667,8 @@ def test_any_64_bit_integer_is_accepted_or_refused_naming_the_parameter(
     response = server.get("/engine/script_logs", params={name: str(value)})
 
     minimum = {"limit": 1, "after_seq": 0, "since": 0}[name]
-    if value >= minimum:
+    if minimum <= value <= 2**31:
         listing(response)
-    else:
+    elif value < minimum or response.status_code != 200:
+        # Beyond 2**31 the engine may set its own ceiling, but only as a 400 naming it.
         bad_parameter(response, name)
