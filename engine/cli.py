@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -102,11 +103,45 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"aiwebengine: invalid configuration\n{exc}", file=sys.stderr)
         return 2
     try:
-        trio.run(serve, config)
+        # Fail before migrating or starting workers when the address cannot be bound.
+        _probe_bind(config.server.host, config.server.port)
     except OSError as exc:
-        print(f"aiwebengine: cannot serve: {exc}", file=sys.stderr)
+        print(
+            f"aiwebengine: cannot bind {_bind_address(config.server.host, config.server.port)}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        trio.run(serve, config)
+    except (OSError, BaseExceptionGroup) as exc:
+        error = _first_os_error(exc)
+        if error is None:
+            raise
+        print(f"aiwebengine: cannot serve: {error.strerror or error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _probe_bind(host: str, port: int) -> None:
+    if port == 0:
+        return
+    name = host.strip("[]")
+    family = socket.AF_INET6 if ":" in name else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((name, port))
+
+
+def _first_os_error(exc: BaseException) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _bind_address(host: str, port: int) -> str:

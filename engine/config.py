@@ -16,7 +16,6 @@ import contextlib
 import difflib
 import enum
 import hmac
-import ipaddress
 import math
 import os
 import re
@@ -29,6 +28,8 @@ from typing import Any
 
 import attrs
 import cattrs
+
+from security import is_loopback_host
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
@@ -637,16 +638,7 @@ def _env_name(dotted: str) -> str:
 
 
 def _is_loopback(host: str) -> bool:
-    name = host.strip().removeprefix("[").removesuffix("]").lower()
-    if name == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False  # a host name: it may resolve anywhere
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+    return is_loopback_host(host)
 
 
 def load_config(

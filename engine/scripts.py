@@ -266,7 +266,19 @@ class ScriptService:
 
         async def load(stored: StoredScript) -> None:
             async with limiter, self._lock(stored.uri):
-                await self._initialize(stored, is_startup=True)
+                fallback = stored.good_content
+                has_fallback = fallback is not None and fallback != stored.content
+                report = await self._initialize(
+                    stored, is_startup=True, install_partial=not has_fallback
+                )
+                if not report.success and has_fallback:
+                    # The newest upload never worked: serve the last version that did, as the
+                    # running engine did before the restart.  Its status keeps the failure.
+                    assert fallback is not None
+                    log.warning("serving the last good version", script=stored.uri)
+                    await self._initialize(
+                        attrs.evolve(stored, content=fallback), is_startup=True, record=False
+                    )
 
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -279,7 +291,20 @@ class ScriptService:
             seconds=round(time.perf_counter() - started, 3),
         )
 
-    async def _initialize(self, stored: StoredScript, *, is_startup: bool) -> InitReport:
+    async def _initialize(
+        self,
+        stored: StoredScript,
+        *,
+        is_startup: bool,
+        install_partial: bool = True,
+        record: bool = True,
+    ) -> InitReport:
+        """Run the registration pass of ``stored.content`` and swap it in if it succeeds.
+
+        A failure swaps in what was registered before it only when the script has no version
+        serving yet and ``install_partial`` allows it.  ``record`` stores the outcome as the
+        script's init status (and, on success, the content as its last good version).
+        """
         request_id = f"init_{now_ms()}_{next(self._ids)}"
         host = _InvocationHost(
             script_uri=stored.uri, request_id=request_id, kind="init", route=None, registering=True
@@ -329,7 +354,7 @@ class ScriptService:
 
         if error is not None:
             host.lines.append(host.entry("FATAL", f"init failed: {error}"))
-        if report.success or stored.uri not in self._loaded:
+        if report.success or (install_partial and stored.uri not in self._loaded):
             # Swap version and routes in one step: nothing awaits between these lines.
             previous = self._loaded.get(stored.uri)
             version = LoadedScript(stored.uri, key, stored.content, tuple(host.routes.values()))
@@ -339,12 +364,17 @@ class ScriptService:
                 # A new version starts with a clean record.
                 self._pool.forget_script(stored.uri)
         await self._logs.write(host.lines)
-        try:
-            await self._database.scripts.record_init(
-                stored.uri, success=report.success, error=error, at_ms=now_ms()
-            )
-        except StorageUnavailable:
-            log.warning("init status not recorded: storage unavailable", script=stored.uri)
+        if record:
+            try:
+                await self._database.scripts.record_init(
+                    stored.uri,
+                    success=report.success,
+                    error=error,
+                    at_ms=now_ms(),
+                    content=stored.content,
+                )
+            except StorageUnavailable:
+                log.warning("init status not recorded: storage unavailable", script=stored.uri)
         log.info(
             "script initialized" if report.success else "script init failed",
             script=stored.uri,

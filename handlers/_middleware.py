@@ -15,12 +15,19 @@ from handlers._responses import (
     envelope_response,
     management_error,
 )
-from security import TokenVerdict, check_admin_token
+from security import TokenVerdict, check_admin_token, is_loopback_host
 
 log = structlog.get_logger("aiwebengine.http")
 
 # Public even when the admin token is required: the static landing page.
 _PUBLIC_ENGINE_PATHS = frozenset({"/engine/installed"})
+
+
+def _served_on_loopback() -> bool:
+    server = request.scope.get("server")
+    if not server:
+        return True  # a Unix socket or an in-process call: nothing reaches it from outside
+    return is_loopback_host(str(server[0]))
 
 
 def _is_engine_path(path: str) -> bool:
@@ -30,7 +37,7 @@ def _is_engine_path(path: str) -> bool:
 def install(app: QuartTrio, runtime: EngineRuntime) -> None:
     security = runtime.config.security
     expected = security.admin_token.reveal() if security.admin_token is not None else None
-    required = runtime.config.is_production
+    production = runtime.config.is_production
 
     @app.before_request
     async def assign_request_id() -> Response | None:
@@ -42,6 +49,17 @@ def install(app: QuartTrio, runtime: EngineRuntime) -> None:
                 503, "STARTING", "The engine is starting", headers={"Retry-After": "1"}
             )
         if _is_engine_path(request.path) and request.path not in _PUBLIC_ENGINE_PATHS:
+            # Development leaves /engine open only on loopback; anywhere else, and always in
+            # production, the admin token is required.  `serve` refuses a non-loopback bind
+            # without a token, but another launcher (hypercorn --bind) might not.
+            required = production or not _served_on_loopback()
+            if required and expected is None:
+                return management_error(
+                    403,
+                    "Forbidden",
+                    message="without an admin token the /engine API answers only on a "
+                    "loopback address; set AIWEBENGINE_SECURITY__ADMIN_TOKEN",
+                )
             verdict = check_admin_token(
                 request.headers.get("authorization"), expected=expected, required=required
             )

@@ -73,9 +73,9 @@ def engine_error_envelope(exc: EngineError) -> Response:
     )
 
 
-def management_error(status: int, message: str, **extra: Any) -> Response:
-    """The ``/engine`` API's error shape."""
-    payload: dict[str, Any] = {"error": message, **extra, "timestamp": iso_now()}
+def management_error(status: int, error: str, /, **extra: Any) -> Response:
+    """The ``/engine`` API's error shape: ``{"error": error, **extra, "timestamp"}``."""
+    payload: dict[str, Any] = {"error": error, **extra, "timestamp": iso_now()}
     headers = {"WWW-Authenticate": 'Bearer realm="aiwebengine"'} if status == 401 else None
     return json_response(payload, status, headers)
 

@@ -19,7 +19,7 @@ from quart import Blueprint, Response, request
 from engine.errors import EngineError
 from engine.http_contract import FormError, decode_query, parse_form
 from engine.runtime import EngineRuntime
-from engine.storage import LogQuery, StoredScript
+from engine.storage import MAX_CONTAINS_LENGTH, LogQuery, StoredScript
 from handlers._body import PayloadTooLarge, read_body
 from handlers._responses import (
     iso_now,
@@ -57,16 +57,20 @@ def _script_status(script: StoredScript) -> dict[str, Any]:
     }
 
 
+_INT_MAX = 2**53  # beyond what a JSON client can represent exactly; also fits every database
+
+
 def _parse_int(params: dict[str, str], name: str, *, minimum: int) -> int | None:
     raw = params.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadParameter(name, "must be an integer") from None
+    if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 20:
+        raise BadParameter(name, "must be an integer")
+    value = int(raw)
     if value < minimum:
         raise BadParameter(name, f"must be at least {minimum}")
+    if value > _INT_MAX:
+        raise BadParameter(name, f"must be at most {_INT_MAX}")
     return value
 
 
@@ -74,7 +78,9 @@ def _parse_since(params: dict[str, str]) -> int | None:
     raw = params.get("since")
     if raw is None or raw == "":
         return None
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():
+        if len(raw) > 16:
+            raise BadParameter("since", "epoch milliseconds must be at most 16 digits")
         return int(raw)
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
@@ -86,6 +92,9 @@ def _parse_since(params: dict[str, str]) -> int | None:
 
 
 def _log_query(params: dict[str, str]) -> LogQuery:
+    contains = params.get("contains")
+    if contains is not None and len(contains) > MAX_CONTAINS_LENGTH:
+        raise BadParameter("contains", f"must be at most {MAX_CONTAINS_LENGTH} characters")
     return LogQuery(
         uri=params.get("uri") or None,
         level=params.get("level") or None,

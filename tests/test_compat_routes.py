@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from engine.config import Config
 from tests.conftest import Engine, running_engine
 
@@ -474,11 +472,6 @@ async def test_delete_makes_the_scripts_routes_404_and_leaves_other_scripts_serv
     assert (await init_status(engine, "life.js")) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="handlers/admin.py passes message= to management_error(status, message, **extra):"
-    " TypeError, answered 500 instead of the upstream 404",
-)
 async def test_deleting_or_reading_a_missing_script_is_404_script_not_found(engine: Engine) -> None:
     expected = {
         "error": "Script not found",

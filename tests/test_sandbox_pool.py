@@ -445,16 +445,33 @@ async def test_a_runaway_handler_times_out_and_its_worker_is_replaced() -> None:
         assert pool.stats().restarts == 1
 
 
-async def test_a_caller_that_gives_up_does_not_get_its_worker_back_mid_script() -> None:
-    # A threshold of one: a single failure recorded against the script would open its breaker.
+SLOW = "function h() { var t = Date.now(); while (Date.now() - t < 600) {} return 'done'; }"
+
+
+async def test_a_caller_that_gives_up_leaves_the_handler_to_finish_on_its_worker() -> None:
+    # A client hanging up must not cost a worker: the handler runs to its end, the worker is
+    # reused, and nothing is held against the script.
     async with running_pool(breaker_failure_threshold=1) as pool:
         (pid,) = pool.worker_pids()
-        with trio.move_on_after(0.3):
-            await pool.invoke(invocation(RUNAWAY, timeout_ms=10_000))
-        await wait_until(lambda: pool.stats().live == 1 and pool.worker_pids() != [pid])
+        with trio.move_on_after(0.2) as gave_up:
+            await pool.invoke(invocation(SLOW, timeout_ms=10_000))
+        assert gave_up.cancelled_caught
+        assert pool.stats().busy == 1
+        await wait_until(lambda: pool.stats().idle == 1)
         assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"
-        # Giving up is not the script's fault: the breaker saw no failure.
+        assert pool.worker_pids() == [pid]
+        assert pool.stats().restarts == 0
         assert pool.breaker_for("/s").state is BreakerState.CLOSED
+
+
+async def test_an_abandoned_runaway_is_still_stopped_at_its_deadline() -> None:
+    async with running_pool() as pool:
+        (pid,) = pool.worker_pids()
+        with trio.move_on_after(0.1):
+            await pool.invoke(invocation(RUNAWAY, timeout_ms=500))
+        await wait_until(lambda: pid not in pool.worker_pids() and pool.stats().live == 1)
+        assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"
+        assert pool.stats().restarts == 1
 
 
 async def test_a_worker_killed_from_outside_mid_invocation_is_a_crash() -> None:

@@ -70,11 +70,12 @@ async def test_open_creates_the_directory_and_tables_and_reports_progress(db_pat
 
     assert messages == [
         "migrating database: 0001_initial (create scripts, script_logs)",
-        "database at revision 0001",
+        "migrating database: 0002_good_content (remember the last version whose init succeeded)",
+        "database at revision 0002",
     ]
     tables = {name for (name,) in _sqlite_rows(db_path, "SELECT name FROM sqlite_master")}
     assert {"scripts", "script_logs", "alembic_version"} <= tables
-    assert _sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert _sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0002",)]
 
 
 async def test_opening_again_migrates_nothing_and_keeps_the_data(db_path: Path) -> None:
@@ -85,7 +86,7 @@ async def test_opening_again_migrates_nothing_and_keeps_the_data(db_path: Path) 
     messages: list[str] = []
     second = await Database.open(_url(db_path), on_progress=messages.append)
     try:
-        assert messages == ["database at revision 0001"]
+        assert messages == ["database at revision 0002"]
         assert (await second.scripts.get("/kept")) is not None
     finally:
         await second.aclose()
@@ -98,8 +99,9 @@ def test_migrate_command_prepares_a_fresh_file(db_path: Path) -> None:
 
     assert messages == [
         "migrating database: 0001_initial (create scripts, script_logs)",
-        "database at revision 0001",
-        "database at revision 0001",
+        "migrating database: 0002_good_content (remember the last version whose init succeeded)",
+        "database at revision 0002",
+        "database at revision 0002",
     ]
 
 
@@ -208,6 +210,46 @@ async def test_record_init_stores_the_outcome_of_the_last_run(db: Database) -> N
         None,
         20,
     )
+
+
+async def test_a_successful_init_makes_its_content_the_last_good_version(db: Database) -> None:
+    await db.scripts.upsert("/good", "v1", now_ms=1)
+    await db.scripts.record_init("/good", success=True, error=None, at_ms=2, content="v1")
+    await db.scripts.upsert("/good", "v2-broken", now_ms=3)
+    await db.scripts.record_init("/good", success=False, error="boom", at_ms=4, content="v2-broken")
+
+    stored = await db.scripts.get("/good")
+    assert stored is not None
+    assert (stored.content, stored.good_content, stored.initialized) == ("v2-broken", "v1", False)
+
+
+def test_migrating_from_0001_marks_initialized_scripts_good(db_path: Path) -> None:
+    import alembic.command
+    import alembic.config
+
+    from engine.storage._database import MIGRATIONS_DIR
+
+    config = alembic.config.Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(_url(db_path))
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            alembic.command.upgrade(config, "0001")
+            conn.exec_driver_sql(
+                "INSERT INTO scripts (uri, content, created_at, updated_at, initialized) "
+                "VALUES ('/ok', 'a', 1, 1, 1), ('/never', 'b', 1, 1, 0)"
+            )
+    finally:
+        engine.dispose()
+
+    migrate(_url(db_path))
+
+    assert sorted(_sqlite_rows(db_path, "SELECT uri, good_content FROM scripts")) == [
+        ("/never", None),
+        ("/ok", "a"),
+    ]
 
 
 async def test_record_init_of_a_deleted_script_does_nothing(db: Database) -> None:

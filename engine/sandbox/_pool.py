@@ -118,6 +118,29 @@ class PoolStats:
         return self.live >= self.size
 
 
+class _Outcome:
+    """Where an invocation's task leaves its result for the caller waiting on ``done``."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self._result: InvocationResult | None = None
+        self._error: BaseException | None = None
+
+    def succeed(self, result: InvocationResult) -> None:
+        self._result = result
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self.done.set()
+
+    def unwrap(self) -> InvocationResult:
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 class WorkerGone(Exception):
     """The worker's pipe closed: it exited or was killed."""
 
@@ -359,7 +382,13 @@ class SandboxPool:
         self._breakers.pop(script_uri, None)
 
     async def invoke(self, invocation: Invocation) -> InvocationResult:
-        """Run one handler; raises the ``engine.errors`` value describing any failure."""
+        """Run one handler; raises the ``engine.errors`` value describing any failure.
+
+        The exchange with the worker runs in the pool's nursery, not in the caller's task: a
+        caller that goes away (client disconnected, proxy timeout) stops waiting, but the
+        handler finishes -- or hits its deadline -- and the worker is reused.  Killing it on
+        every hang-up would let any client churn the pool for free.
+        """
         breaker = self.breaker_for(invocation.script_uri)
         # init() is how a fix gets deployed, so it is never refused by the breaker (and its
         # outcome does not count): an operator must be able to replace a version that trips it.
@@ -369,42 +398,67 @@ class SandboxPool:
                 f"script '{invocation.script_uri}' is failing repeatedly and is paused",
                 retry_after_s=breaker.retry_after(),
             )
-        verdict: bool | None = None
         try:
             worker = await self._acquire()
-            self._busy.add(worker)
-            try:
-                with trio.move_on_after(invocation.timeout_ms / 1000) as scope:
-                    result = await self._exchange(worker, invocation)
-            except WorkerGone as exc:
-                verdict = False
-                worker.kill()
-                raise ScriptCrashed(
-                    f"the worker running handler '{invocation.handler}' of "
-                    f"'{invocation.script_uri}' died: {exc}"
-                ) from None
-            except BaseException:
-                # Cancelled from outside (client gone, shutdown) or a bug: the worker is in an
-                # unknown state mid-script, so it cannot be reused.
-                worker.kill()
-                raise
-            finally:
-                self._busy.discard(worker)
+        except BaseException:
+            if guarded:
+                breaker.release_probe()
+            raise
+        assert self._nursery is not None
+        outcome = _Outcome()
+        self._nursery.start_soon(self._run, worker, invocation, breaker, guarded, outcome)
+        await outcome.done.wait()
+        return outcome.unwrap()
+
+    async def _run(
+        self,
+        worker: _Worker,
+        invocation: Invocation,
+        breaker: CircuitBreaker,
+        guarded: bool,
+        outcome: _Outcome,
+    ) -> None:
+        verdict: bool | None = None
+        self._busy.add(worker)
+        try:
+            with trio.move_on_after(invocation.timeout_ms / 1000) as scope:
+                result = await self._exchange(worker, invocation)
             if scope.cancelled_caught:
                 verdict = False
                 worker.kill()
-                raise ScriptTimeout(invocation.handler or "init", invocation.timeout_ms)
+                outcome.fail(ScriptTimeout(invocation.handler or "init", invocation.timeout_ms))
+                return
             self._release(worker)
             failure = result.failure
             if failure is None:
                 verdict = True
                 assert result.value is not None
-                return InvocationResult(result.value, result.duration_ms)
-            verdict = failure.kind not in ("out_of_memory",)
-            raise ScriptFailed(
-                self._describe_failure(invocation, failure.kind, failure.message), kind=failure.kind
+                outcome.succeed(InvocationResult(result.value, result.duration_ms))
+                return
+            verdict = failure.kind != "out_of_memory"
+            details = self._describe_failure(invocation, failure.kind, failure.message)
+            outcome.fail(ScriptFailed(details, kind=failure.kind))
+        except WorkerGone as exc:
+            verdict = False
+            worker.kill()
+            outcome.fail(
+                ScriptCrashed(
+                    f"the worker running handler '{invocation.handler}' of "
+                    f"'{invocation.script_uri}' died: {exc}"
+                )
             )
+        except BaseException as exc:
+            # Shutdown cancelled us, or a bug: the worker is mid-script in an unknown state.
+            worker.kill()
+            if isinstance(exc, trio.Cancelled):
+                outcome.fail(Overloaded("the engine is shutting down", retry_after_s=5))
+            else:
+                log.exception("sandbox invocation failed", script=invocation.script_uri)
+                outcome.fail(ScriptCrashed(f"internal error running '{invocation.handler}'"))
+            if isinstance(exc, trio.Cancelled):
+                raise
         finally:
+            self._busy.discard(worker)
             if not guarded:
                 pass
             elif verdict is True:

@@ -14,12 +14,12 @@ survive between invocations of one version in one worker -- documented for scrip
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections import OrderedDict
 from importlib import resources
@@ -45,7 +45,7 @@ from engine.sandbox._frames import (
 
 _NO_HANDLER_MARK = "__aiwe_no_handler__:"
 _MAX_MESSAGE_CHARS = 4000
-_PR_SET_PDEATHSIG = 1
+_WATCHDOG_INTERVAL_S = 0.2
 # Allocating a large array past the limit makes QuickJS throw `null` rather than an
 # "out of memory" error; an allocator this close to its limit is taken to have run out.
 _EXHAUSTED_FRACTION = 0.95
@@ -103,7 +103,12 @@ class ScriptContext:
         self.context.add_callable("__aiwe_log", worker.log)
         worker._evaluating = self.context
         self.context.eval(worker.prelude)
-        self.context.eval(source)
+        mark_top_level = self.context.get("__aiwe_top_level")
+        mark_top_level(True)
+        try:
+            self.context.eval(source)
+        finally:
+            mark_top_level(False)
         self.invoke = self.context.get("__aiwe_invoke")
 
 
@@ -241,12 +246,23 @@ def _elapsed_ms(started: float) -> float:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL us when the parent goes away, so no worker is orphaned."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    """Exit as soon as the parent is gone, so no worker is ever orphaned.
+
+    An idle worker notices on its own (its stdin reaches end-of-file); a busy one is inside
+    QuickJS, so a watchdog thread checks the parent's pid.  ``PR_SET_PDEATHSIG`` is not used:
+    it fires when the *thread* that forked us exits, and the parent starts workers from
+    short-lived threads.
+    """
     if os.getppid() != parent_pid:
         os._exit(0)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_WATCHDOG_INTERVAL_S)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,10 +52,34 @@
   };
   Object.freeze(consoleObject);
 
+  // True while the worker evaluates the script's top level (see __aiwe_top_level below).
+  let topLevel = false;
+  let anonymousHandlers = 0;
+
+  // Handlers are looked up by name in every context of a script version, including contexts
+  // that never ran init().  A function object is accepted when it is reachable by name: a
+  // global function, or -- at the top level, which every context evaluates identically -- any
+  // function, which then gets a stable generated global name.
   function handlerName(handler) {
-    if (typeof handler === "function") return handler.name;
-    return handler;
+    if (typeof handler !== "function") return handler;
+    if (handler.name && global[handler.name] === handler) return handler.name;
+    if (topLevel) {
+      anonymousHandlers += 1;
+      const name = "__aiwe_handler_" + anonymousHandlers;
+      Object.defineProperty(global, name, { value: handler, writable: false, configurable: false, enumerable: false });
+      return name;
+    }
+    throw new Error(
+      "a handler registered inside init() must be a global function or its name" +
+        (handler.name ? " ('" + handler.name + "' is not a global)" : "") +
+        "; anonymous functions can be registered at the top level of the script"
+    );
   }
+
+  Object.defineProperty(global, "__aiwe_top_level", {
+    writable: false, configurable: false, enumerable: false,
+    value: function (on) { topLevel = on === true; },
+  });
 
   const routeRegistry = {
     registerRoute: function (path, handler, method, metadata) {
@@ -128,7 +152,18 @@
   // exposes read-only, non-enumerable aliases of the request's fields.
   const REQUEST_ALIASES = ["path", "method", "query", "form", "body", "headers", "params", "files"];
 
+  // v0.9 init(context) read scriptName, timestamp and isStartup from the context itself.
+  const INIT_ALIASES = ["scriptName", "timestamp", "isStartup"];
+
   function prepareContext(ctx) {
+    const init = ctx.meta && ctx.meta.init;
+    if (init && typeof init === "object") {
+      for (const name of INIT_ALIASES) {
+        if (!(name in ctx)) {
+          Object.defineProperty(ctx, name, { get: function () { return init[name]; }, enumerable: false });
+        }
+      }
+    }
     const request = ctx.request;
     if (request && typeof request === "object") {
       decorateAuth(request.auth);

@@ -20,6 +20,7 @@ class StoredScript:
     initialized: bool
     init_error: str | None
     last_init_time: int | None
+    good_content: str | None = None
 
     @property
     def size(self) -> int:
@@ -44,6 +45,7 @@ def _stored_script(row: sa.Row[Any]) -> StoredScript:
         initialized=bool(row.initialized),
         init_error=row.init_error,
         last_init_time=row.last_init_time,
+        good_content=row.good_content,
     )
 
 
@@ -110,13 +112,26 @@ class ScriptRepository:
 
         return await self._runner.write(work)
 
-    async def record_init(self, uri: str, *, success: bool, error: str | None, at_ms: int) -> None:
-        """Record the outcome of an ``init()`` run; nothing happens if the script is gone."""
-        values = {
+    async def record_init(
+        self,
+        uri: str,
+        *,
+        success: bool,
+        error: str | None,
+        at_ms: int,
+        content: str | None = None,
+    ) -> None:
+        """Record the outcome of an ``init()`` run; nothing happens if the script is gone.
+
+        On success ``content`` (the source that ran) becomes the script's last good version.
+        """
+        values: dict[str, Any] = {
             "initialized": success,
             "init_error": None if success else error,
             "last_init_time": at_ms,
         }
+        if success and content is not None:
+            values["good_content"] = content
 
         def work(conn: sa.Connection) -> None:
             conn.execute(sa.update(scripts).where(scripts.c.uri == uri).values(values))

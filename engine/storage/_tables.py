@@ -36,6 +36,9 @@ scripts = sa.Table(
     sa.Column("initialized", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("init_error", sa.Text, nullable=True),
     sa.Column("last_init_time", sa.BigInteger, nullable=True),
+    # The source of the newest version whose init() succeeded: what a restart falls back to
+    # when the newest upload fails, so a broken deploy never replaces a working script.
+    sa.Column("good_content", sa.Text, nullable=True),
 )
 
 # Not foreign-keyed to ``scripts``: the logs of a deleted script stay readable until cleared.
