@@ -58,6 +58,7 @@ class LoadResult:
     spec: LoadSpec
     statuses: dict[int, int]  # completed in the window, by status
     total_completed: int  # warm-up and drain included: what the server did during the run
+    reconnects: int  # connections the server closed between requests (and were reopened)
     latencies_s: list[float]  # sorted, one per completed request in the window
     window_s: float
     generator_cpu_s: float  # all generator processes, whole run
@@ -127,6 +128,7 @@ def _generate(
     statuses: Counter[int] = Counter()
     problems: Counter[str] = Counter()
     total = 0
+    reconnects = 0
     selector = selectors.DefaultSelector()
     waiting = [_Connection(start_at + (first + i) * spec.stagger_s) for i in range(count)]
 
@@ -143,7 +145,8 @@ def _generate(
             problems[f"send: {errno.errorcode.get(exc.errno or 0, type(exc).__name__)}"] += 1
             drop(conn)
 
-    def drop(conn: _Connection) -> None:
+    def drop(conn: _Connection, retry_after_s: float = 0.01) -> None:
+        """Close the connection; it reconnects and sends again after ``retry_after_s``."""
         conn.busy = False
         if conn.sock is not None:
             with contextlib.suppress(KeyError, ValueError):
@@ -151,7 +154,7 @@ def _generate(
             conn.sock.close()
             conn.sock = None
         waiting.append(conn)
-        conn.begin_at = time.monotonic() + 0.01  # reconnect soon, without spinning
+        conn.begin_at = time.monotonic() + retry_after_s  # after an error: soon, not spinning
 
     try:
         while time.monotonic() < start_at:
@@ -184,8 +187,10 @@ def _generate(
                     drop(conn)
                     continue
                 if not data:
-                    problems["closed by server"] += 1
-                    drop(conn)
+                    # hypercorn closes a keep-alive connection after keep_alive_max_requests
+                    # (1000 by default) responses, both servers alike: reconnect at once.
+                    reconnects += 1
+                    drop(conn, retry_after_s=0.0)
                     continue
                 try:
                     done = conn.reader.feed(data)
@@ -235,6 +240,7 @@ def _generate(
         (
             dict(statuses),
             total,
+            reconnects,
             latencies.tobytes(),
             dict(problems),
             time.process_time() - cpu_before,
@@ -274,13 +280,21 @@ class RunningLoad:
         problems: Counter[str] = Counter()
         latencies = array("d")
         cpu = 0.0
-        total = 0
+        total = reconnects = 0
         deadline = self.end_at + self.spec.drain_s + 15
         for child, receive in self._children:
             if not receive.poll(max(0.0, deadline - time.monotonic())):
                 raise RuntimeError(f"load generator {child.name} did not report in time")
-            child_statuses, child_total, child_latencies, child_problems, child_cpu = receive.recv()
+            (
+                child_statuses,
+                child_total,
+                child_reconnects,
+                child_latencies,
+                child_problems,
+                child_cpu,
+            ) = receive.recv()
             total += child_total
+            reconnects += child_reconnects
             statuses.update(child_statuses)
             problems.update(child_problems)
             latencies.frombytes(child_latencies)
@@ -290,6 +304,7 @@ class RunningLoad:
             spec=self.spec,
             statuses=dict(statuses),
             total_completed=total,
+            reconnects=reconnects,
             latencies_s=sorted(latencies),
             window_s=self.spec.duration_s,
             generator_cpu_s=cpu,

@@ -203,6 +203,7 @@ def render_results(result: SuiteResult) -> str:
 
     jb = result.js_vs_bare
     share = jb.ratio(throughput)
+    rt = result.round_trip
     out += [
         "### 1. JS route vs bare Quart-Trio route",
         "",
@@ -210,6 +211,11 @@ def render_results(result: SuiteResult) -> str:
         "",
         f"Target: JS throughput ≥ {_percent(TARGET_JS_SHARE)} of bare. This run: "
         f"{_percent(share)} — {_verdict(share >= TARGET_JS_SHARE)}.",
+        "",
+        f"The sandbox round trip alone (`bench/pool_probe.py`: `SandboxPool.invoke` with the "
+        f"same handler and a request-shaped context, 8 calls in flight, no HTTP): "
+        f"{_n(rt['calls_per_s'])} calls/s, {_n(rt['parent_cpu_us'])} µs of CPU per call in "
+        f"the calling process and {_n(rt['worker_cpu_us'])} µs in the worker.",
         "",
         *_rounds(jb),
         "",
@@ -313,19 +319,25 @@ def _interpretation(result: SuiteResult) -> list[str]:
     bare_cpu = jb.baseline.median(lambda r: r.cpu_per_request_us("leader"))
     js_leader = jb.candidate.median(lambda r: r.cpu_per_request_us("leader"))
     js_workers = jb.candidate.median(lambda r: r.cpu_per_request_us("workers"))
+    round_trip = result.round_trip["parent_cpu_us"]
+    rest = js_leader - bare_cpu - round_trip
     lines = [
         f"- **Where the time goes.** The bare app's server process spent {_n(bare_cpu)} µs of "
-        f"CPU per request. The engine's server process spent {_n(js_leader)} µs "
-        f"({_n(js_leader - bare_cpu)} µs more: middleware and request id, route lookup, "
-        f"building the script's request object, encoding the invocation frame, the pipe write "
-        f"and read with their Trio wake-ups, decoding the result, building the response), and "
-        f"the sandbox worker another {_n(js_workers)} µs (frame decode, JSON, the JavaScript "
-        f"call itself, the result frame). The server process is single-threaded, so its CPU "
-        f"per request bounds the throughput: at {_n(js_leader)} µs it cannot exceed "
+        f"CPU per request, the engine's {_n(js_leader)} µs: {_n(js_leader - bare_cpu)} µs "
+        f"more. Measured alone, the sandbox round trip (encoding the invocation frame, the pipe "
+        f"write and read with their Trio wake-ups, decoding the result) costs the calling "
+        f"process {_n(round_trip)} µs; the remaining {_n(rest)} µs is, by difference, the "
+        f"engine's own HTTP layer around it — request-id middleware, route lookup, building the script's request "
+        f"object, mapping the result to a response, and the extra response headers. The "
+        f"sandbox worker spent another {_n(js_workers)} µs per request (frame decode, JSON, the "
+        f"JavaScript call, the result frame). The server process is single-threaded, so its "
+        f"CPU per request bounds the throughput: at {_n(js_leader)} µs it cannot exceed "
         f"{_n(1e6 / js_leader if js_leader else float('nan'))} req/s, against "
         f"{_n(1e6 / bare_cpu if bare_cpu else float('nan'))} for the bare app. The worker runs "
         f"in parallel with it (on {cpus} CPUs shared with the generator), so its share shows "
-        f"in latency more than in throughput, but every request waits for the round trip.",
+        f"in latency more than in throughput. To reach 90 % of bare the engine's server "
+        f"process would have to stay within about {_n(bare_cpu / TARGET_JS_SHARE)} µs per "
+        f"request.",
         f"- **Script size.** Server time per request for the 1 MB script was "
         f"{_ratio(sz.ratio(time_per_request_us))} that of the 1 KB script and its CPU per "
         f"request {_ratio(sz.ratio(cpu_us))}. Contexts stay warm, so the size is paid when a "

@@ -9,8 +9,11 @@ with the spread of the per-round ratios.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -225,6 +228,7 @@ class SuiteResult:
     sizes: Comparison
     runaway: Comparison
     runaway_loads: tuple[LoadResult, ...]
+    round_trip: dict[str, float]  # bench.pool_probe's numbers
     elapsed_s: float
 
 
@@ -411,6 +415,19 @@ def _runaway_comparison(
         engine.stop()
 
 
+def _probe_round_trip(seconds: float, concurrency: int = 8) -> dict[str, float]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.pool_probe", str(seconds), str(concurrency)],
+        cwd=servers.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    numbers: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return numbers
+
+
 def _environment(settings: Settings) -> dict[str, str]:
     import platform
     from importlib.metadata import version
@@ -484,6 +501,13 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
         bare.stop()
         engine.stop()
 
+    _say("the sandbox round trip alone (SandboxPool.invoke, no HTTP)")
+    round_trip = _probe_round_trip(seconds=min(3.0, settings.duration_s))
+    _say(
+        f"  {round_trip['calls_per_s']:.0f} calls/s, parent {round_trip['parent_cpu_us']:.0f} "
+        f"us/call, worker {round_trip['worker_cpu_us']:.0f} us/call"
+    )
+
     _say("3. healthy route with and without 10 runaway handlers")
     runaway, runaway_loads = _runaway_comparison(settings, work)
     environment["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -495,5 +519,6 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
         sizes=sizes,
         runaway=runaway,
         runaway_loads=runaway_loads,
+        round_trip=round_trip,
         elapsed_s=time.monotonic() - started,
     )

@@ -13,8 +13,9 @@ Packages and modules, by the idea each owns:
 * ``logs``        -- script logs: writing, querying, live tail.
 * ``app``         -- the application factory that wires the services to ``handlers``.
 
-``engine`` never imports ``handlers``; ``app`` receives the blueprints it mounts through
-``handlers.register_blueprints`` imported lazily inside the factory only.
+``engine`` never imports ``handlers``: ``app`` finds the HTTP surfaces through the
+``aiwebengine.surfaces`` entry point group (``handlers:register`` is the one shipped).
+Also here: ``runtime`` (every service started and stopped as one unit) and ``cli``.
 """
 
 __version__ = "0.1.0"
