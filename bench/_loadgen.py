@@ -18,6 +18,7 @@ import errno
 import multiprocessing
 import multiprocessing.connection
 import selectors
+import signal
 import socket
 import time
 from array import array
@@ -47,9 +48,8 @@ class LoadSpec:
     # Connection i sends its first request i * stagger_s after the start, so requests that all
     # take the same long time (runaways) do not all end and restart together.
     stagger_s: float = 0.0
-    # After the window no new request is sent, and the ones in flight get this long to finish:
-    # the engine kills a sandbox worker whose client goes away mid-request, so closing
-    # connections with requests in flight would make the next run pay for worker restarts.
+    # After the window no new request is sent, and the ones in flight get this long to finish,
+    # so that a run leaves no work in the server for the next run to compete with.
     drain_s: float = 5.0
 
 
@@ -120,6 +120,8 @@ def _generate(
     results: multiprocessing.connection.Connection,
 ) -> None:
     """One generator process: ``count`` connections, numbered from ``first`` for staggering."""
+    # The parent's SIGTERM handler came with the fork; here SIGTERM (``terminate()``) just ends.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     cpu_before = time.process_time()
     request = build_request(spec.host, spec.port, spec.path)
     window_start = start_at + spec.warmup_s

@@ -327,8 +327,9 @@ def _interpretation(result: SuiteResult) -> list[str]:
         f"more. Measured alone, the sandbox round trip (encoding the invocation frame, the pipe "
         f"write and read with their Trio wake-ups, decoding the result) costs the calling "
         f"process {_n(round_trip)} µs; the remaining {_n(rest)} µs is, by difference, the "
-        f"engine's own HTTP layer around it — request-id middleware, route lookup, building the script's request "
-        f"object, mapping the result to a response, and the extra response headers. The "
+        f"engine's own HTTP layer around it — request-id middleware, route lookup, building "
+        f"the script's request object, mapping the result to a response (sent chunked), and "
+        f"the extra response headers. The "
         f"sandbox worker spent another {_n(js_workers)} µs per request (frame decode, JSON, the "
         f"JavaScript call, the result frame). The server process is single-threaded, so its "
         f"CPU per request bounds the throughput: at {_n(js_leader)} µs it cannot exceed "
@@ -381,7 +382,8 @@ def _interpretation(result: SuiteResult) -> list[str]:
         lines.append(
             f"- **Unexpected worker restarts.** Benchmarks 1 and 2 have no failing handler, yet "
             f"{restarts} sandbox worker restart(s) and {failures} non-2xx answer(s) happened "
-            f'during their runs. See "Known effects" in the method section above.'
+            f"during their runs: a bug to chase in the engine's log (`sandbox worker exited`), "
+            f"and a reason to distrust this run's numbers for those benchmarks."
         )
     return lines
 

@@ -33,29 +33,29 @@ def main() -> None:
                 selector.register(conn, selectors.EVENT_READ, True)
                 pending[conn] = b""
                 continue
-            conn = key.fileobj
-            assert isinstance(conn, socket.socket)
+            client = key.fileobj
+            assert isinstance(client, socket.socket)
             try:
-                data = conn.recv(1 << 16)
+                data = client.recv(1 << 16)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 data = b""
             if not data:
-                selector.unregister(conn)
-                pending.pop(conn, None)
-                conn.close()
+                selector.unregister(client)
+                pending.pop(client, None)
+                client.close()
                 continue
-            buffered = pending[conn] + data
+            buffered = pending[client] + data
             heads = buffered.count(b"\r\n\r\n")
-            pending[conn] = buffered[buffered.rfind(b"\r\n\r\n") + 4 :] if heads else buffered
+            pending[client] = buffered[buffered.rfind(b"\r\n\r\n") + 4 :] if heads else buffered
             if heads:
                 try:
-                    conn.sendall(RESPONSE * heads)
+                    client.sendall(RESPONSE * heads)
                 except OSError:
-                    selector.unregister(conn)
-                    pending.pop(conn, None)
-                    conn.close()
+                    selector.unregister(client)
+                    pending.pop(client, None)
+                    client.close()
 
 
 if __name__ == "__main__":
