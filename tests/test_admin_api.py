@@ -78,15 +78,6 @@ async def listed_uris(engine: Engine) -> set[str]:
     return {entry["uri"] for entry in body["scripts"]}
 
 
-# The "Script not found" answers pass ``message=`` to ``management_error(status, message,
-# **extra)``, whose own first parameter is called ``message``: a TypeError, answered as 500.
-NOT_FOUND_CRASHES = pytest.mark.xfail(
-    strict=True,
-    reason="handlers/admin.py passes message= to management_error(status, message, **extra): "
-    "TypeError, so 'Script not found' is answered 500 instead of 404",
-)
-
-
 # -- upsert_script ---------------------------------------------------------------------
 
 
@@ -367,7 +358,6 @@ async def test_read_script_returns_the_raw_source_as_javascript(engine: Engine) 
     assert response.text == GREETER
 
 
-@NOT_FOUND_CRASHES
 async def test_read_script_of_an_unknown_uri_is_404_json(engine: Engine) -> None:
     response = await engine.client.get("/engine/read_script", params={"uri": "nope"})
 
@@ -402,6 +392,8 @@ async def test_delete_script_removes_the_script_and_its_routes(engine: Engine) -
     }
     assert (await engine.client.get("/greet")).status_code == 404
     assert "https://t/greeter" not in await listed_uris(engine)
+    read = await engine.client.get("/engine/read_script", params={"uri": "https://t/greeter"})
+    management_error(read, 404)
     routes = management_json(await engine.client.get("/engine/routes"), 200)
     assert "https://t/greeter" not in [r["script_uri"] for r in routes["routes"]]
 
@@ -414,7 +406,6 @@ async def test_delete_script_takes_the_uri_from_the_query_string(engine: Engine)
     assert management_json(response, 200)["uri"] == "by-query"
 
 
-@NOT_FOUND_CRASHES
 async def test_deleting_an_unknown_script_is_404_json(engine: Engine) -> None:
     response = await engine.client.post("/engine/delete_script", data={"uri": "ghost"})
 
@@ -681,7 +672,6 @@ def test_any_stored_script_reads_back_byte_for_byte(
     assert status["scriptName"] == uri
 
 
-@NOT_FOUND_CRASHES
 @settings(max_examples=40, deadline=None)
 @given(uri=uris)
 def test_any_unknown_uri_is_a_clean_404(server: httpx.Client, uri: str) -> None:
