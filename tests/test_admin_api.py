@@ -643,9 +643,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
 
 
 uris = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=80
+    alphabet=st.characters(exclude_categories=["Cs", "Cc"]), min_size=1, max_size=80
 ).filter(lambda uri: uri.strip() != "")
-payloads = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
+payloads = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=300)
 
 
 @settings(max_examples=40, deadline=None)

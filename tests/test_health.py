@@ -7,6 +7,10 @@ pool: 200 ``ready`` or 503 ``degraded`` naming what is wrong, and it recovers by
 
 The database fault used here is real: another connection holds SQLite's write lock, so every
 write of the engine waits out SQLite's busy timeout and fails, and the storage breaker opens.
+Simpler faults do not reach a running engine: the tests run as root, so ``chmod`` on the data
+directory changes nothing; the engine's pooled connections keep their open file descriptors
+when files are removed or replaced; and overwriting the main file's header is invisible while
+the pages live in the WAL.
 """
 
 from __future__ import annotations
