@@ -113,7 +113,8 @@ class EngineRuntime:
                 init_concurrency=config.sandbox.effective_init_concurrency(),
             ),
         )
-        if config.server.install_example and not await self._database.scripts.list_all():
+        # Only a brand-new database gets the example: one an administrator emptied stays empty.
+        if config.server.install_example and self._database.created:
             source = resources.files("engine.examples").joinpath("hello.js").read_text("utf-8")
             await self._database.scripts.upsert(EXAMPLE_SCRIPT_URI, source, int(time.time() * 1000))
             log.info("installed the example script", uri=EXAMPLE_SCRIPT_URI)

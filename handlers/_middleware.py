@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from engine.errors import EngineError
 from engine.runtime import EngineRuntime
 from handlers._responses import (
+    close_if_body_unread,
     engine_error_envelope,
     envelope_response,
     management_error,
@@ -40,6 +41,10 @@ def install(app: QuartTrio, runtime: EngineRuntime) -> None:
     production = runtime.config.is_production
 
     @app.before_request
+    async def admit() -> Response | None:
+        refusal = await assign_request_id()
+        return None if refusal is None else close_if_body_unread(refusal)
+
     async def assign_request_id() -> Response | None:
         # The engine always mints its own id; an incoming x-request-id is not trusted.
         g.request_id = runtime.new_request_id()

@@ -91,3 +91,14 @@ def management_engine_error(exc: EngineError) -> Response:
     for name, value in retry_after_headers(exc).items():
         response.headers[name] = value
     return response
+
+
+def close_if_body_unread(response: Response) -> Response:
+    """Mark a response sent before the request's body was read as the connection's last.
+
+    The unread body would otherwise be taken for the next request on a kept-alive connection;
+    closing is the only safe way to answer early.
+    """
+    if request.content_length or "transfer-encoding" in request.headers:
+        response.headers["Connection"] = "close"
+    return response

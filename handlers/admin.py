@@ -22,6 +22,7 @@ from engine.runtime import EngineRuntime
 from engine.storage import MAX_CONTAINS_LENGTH, LogQuery, StoredScript
 from handlers._body import PayloadTooLarge, read_body
 from handlers._responses import (
+    close_if_body_unread,
     iso_now,
     json_response,
     management_engine_error,
@@ -151,7 +152,9 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
 
     @blueprint.errorhandler(PayloadTooLarge)
     async def too_large(exc: PayloadTooLarge) -> Response:
-        return management_error(413, "Request body too large", limit=exc.limit)
+        return close_if_body_unread(
+            management_error(413, "Request body too large", limit=exc.limit)
+        )
 
     @blueprint.errorhandler(FormError)
     async def bad_form(exc: FormError) -> Response:
@@ -247,6 +250,8 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         params = decode_query(request.scope.get("query_string", b""))
         query = _log_query(params)
         entries = await runtime.logs.query(query)
+        # One script's log reads oldest first; the all-scripts listing newest first, pages too.
+        entries.sort(key=lambda entry: entry.seq, reverse=query.uri is None)
         return json_response(
             {
                 "uri": query.uri,

@@ -21,7 +21,11 @@ from engine.routing import MethodNotAllowed, RouteMatch, reserved_prefix_of
 from engine.runtime import EngineRuntime
 from engine.scripts import LoadedScript
 from handlers._body import PayloadTooLarge, read_body
-from handlers._responses import engine_error_envelope, envelope_response
+from handlers._responses import (
+    close_if_body_unread,
+    engine_error_envelope,
+    envelope_response,
+)
 
 # Every method a script may register; OPTIONS is the script's to answer, not the framework's.
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -69,8 +73,10 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
             message = (
                 "File upload exceeds maximum size limit" if is_form else "Request body too large"
             )
-            return envelope_response(
-                413, "PAYLOAD_TOO_LARGE", message, details=f"limit: {exc.limit} bytes"
+            return close_if_body_unread(
+                envelope_response(
+                    413, "PAYLOAD_TOO_LARGE", message, details=f"limit: {exc.limit} bytes"
+                )
             )
         try:
             form = (

@@ -335,11 +335,6 @@ def test_serve_keeps_scripts_across_restarts(
     assert uris == {EXAMPLE_URI, "https://t/greeter"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the example is installed whenever the database holds no script, not only on a "
-    "fresh data dir: an administrator who deleted it gets it back at every restart",
-)
 def test_a_deleted_example_stays_deleted_after_a_restart(
     engine_process: type[EngineProcess], tmp_path: Path
 ) -> None:

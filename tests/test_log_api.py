@@ -384,11 +384,6 @@ async def test_paging_forward_with_after_seq_and_limit_visits_every_entry_once(
     assert seen == [f"line {i}" for i in range(7)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with after_seq and limit an all-scripts page comes oldest first, breaking the "
-    "rule that an all-scripts listing is newest first",
-)
 async def test_an_all_scripts_page_after_a_cursor_is_still_newest_first(logger: Engine) -> None:
     for text in ("a", "b", "c", "d"):
         await say(logger, text)

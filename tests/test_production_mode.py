@@ -134,11 +134,6 @@ def test_without_a_token_every_engine_endpoint_is_401_json(
     assert_unauthorized(send(server, method, path, options, {}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request refused before its body is read leaves the kept-alive connection "
-    "hanging: the server neither closes it nor answers the next request on it",
-)
 def test_a_connection_keeps_answering_after_a_refused_request_with_a_body(
     server: httpx.Client,
 ) -> None:

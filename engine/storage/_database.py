@@ -44,6 +44,8 @@ class Database:
         self.breaker = breaker
         self.scripts = ScriptRepository(runner)
         self.logs = LogRepository(runner)
+        # True when open() found no schema and created it: a brand-new database.
+        self.created = False
 
     @classmethod
     async def open(
@@ -75,13 +77,15 @@ class Database:
                 trio.from_thread.run_sync(callback, message)
 
         try:
-            await runner.call(lambda: upgrade(engine, report))
+            created = await runner.call(lambda: upgrade(engine, report))
         except BaseException:
             # Not awaited in a thread: this may run while the caller is being cancelled.  At
             # most a connection or two are open here.
             engine.dispose()
             raise
-        return cls(engine, runner, breaker)
+        database = cls(engine, runner, breaker)
+        database.created = created
+        return database
 
     async def ping(self) -> None:
         """One round trip through the breaker; raises ``StorageUnavailable`` if it fails."""
@@ -104,7 +108,7 @@ def migrate(url: str, on_progress: ProgressCallback | None = None) -> None:
         engine.dispose()
 
 
-def upgrade(engine: sa.Engine, on_progress: ProgressCallback | None = None) -> None:
+def upgrade(engine: sa.Engine, on_progress: ProgressCallback | None = None) -> bool:
     """Apply the pending migrations through ``engine``, all in one write transaction.
 
     The transaction takes the write lock before reading the current revision, so two
@@ -128,6 +132,7 @@ def upgrade(engine: sa.Engine, on_progress: ProgressCallback | None = None) -> N
                 report(f"migrating database: {Path(revision.path).stem} ({revision.doc})")
                 alembic.command.upgrade(config, revision.revision)
     report(f"database at revision {head}")
+    return current is None
 
 
 def build_engine(url: str, *, synchronous: str = "FULL", pool_size: int | None = None) -> sa.Engine:
