@@ -28,12 +28,21 @@ import attrs
 
 from bench._http import ProtocolError, ResponseReader, build_request
 
-__all__ = ["LoadResult", "LoadSpec", "RunningLoad", "percentile", "run_load", "start_load"]
+__all__ = [
+    "REPORTED_PERCENTILES",
+    "LoadResult",
+    "LoadSpec",
+    "RunningLoad",
+    "percentile",
+    "run_load",
+    "start_load",
+]
 
 # fork: the children need nothing but this module, and spawning would add an interpreter start
 # per process to every run.
 _MP = multiprocessing.get_context("fork")
 _START_SLACK_S = 0.3
+REPORTED_PERCENTILES = (50.0, 75.0, 90.0, 99.0)
 
 
 @attrs.frozen
@@ -59,7 +68,9 @@ class LoadResult:
     statuses: dict[int, int]  # completed in the window, by status
     total_completed: int  # warm-up and drain included: what the server did during the run
     reconnects: int  # connections the server closed between requests (and were reopened)
-    latencies_s: list[float]  # sorted, one per completed request in the window
+    # Latency percentiles of the requests completed in the window, {percent: seconds}: those
+    # of REPORTED_PERCENTILES (wrk reports no others).
+    latency_percentiles: dict[float, float]
     window_s: float
     generator_cpu_s: float  # all generator processes, whole run
     run_s: float
@@ -83,7 +94,8 @@ class LoadResult:
         return self.generator_cpu_s / self.run_s
 
     def latency(self, p: float) -> float:
-        return percentile(self.latencies_s, p)
+        """Seconds at percentile ``p`` (one of REPORTED_PERCENTILES); NaN if nothing completed."""
+        return self.latency_percentiles.get(p, float("nan"))
 
 
 def percentile(ordered: list[float], p: float) -> float:
@@ -302,12 +314,15 @@ class RunningLoad:
             latencies.frombytes(child_latencies)
             cpu += child_cpu
             child.join(5)
+        ordered = sorted(latencies)
         return LoadResult(
             spec=self.spec,
             statuses=dict(statuses),
             total_completed=total,
             reconnects=reconnects,
-            latencies_s=sorted(latencies),
+            latency_percentiles={p: percentile(ordered, p) for p in REPORTED_PERCENTILES}
+            if ordered
+            else {},
             window_s=self.spec.duration_s,
             generator_cpu_s=cpu,
             run_s=self.spec.warmup_s + self.spec.duration_s,

@@ -24,6 +24,7 @@ import attrs
 from bench import _servers as servers
 from bench._loadgen import LoadResult, LoadSpec, start_load
 from bench._scripts import hello_script, padded_script, runaway_script
+from bench._wrk import WRK, run_wrk, wrk_version
 
 __all__ = ["Comparison", "Run", "Settings", "Side", "SuiteResult", "run_suite"]
 
@@ -260,14 +261,18 @@ def _measure(
     )
     restarts_before = servers.sandbox_state(server)["restarts"] if engine else None
     cpu_before = server.cpu_snapshot()
-    running = start_load(spec)
     sampler = _PoolSampler(server) if sample_pool else None
-    try:
-        # The sampler's thread starts after the generator processes are forked, never before.
+    if WRK is not None:
         with sampler or contextlib.nullcontext():
-            load = running.result()
-    finally:
-        running.stop()
+            load = run_wrk(spec)
+    else:
+        running = start_load(spec)
+        try:
+            # The sampler's thread starts after the generator processes are forked, not before.
+            with sampler or contextlib.nullcontext():
+                load = running.result()
+        finally:
+            running.stop()
     cpu_after = server.cpu_snapshot()
     restarts = (
         servers.sandbox_state(server)["restarts"] - restarts_before
@@ -443,6 +448,7 @@ def _environment(settings: Settings) -> dict[str, str]:
         "trio": version("trio"),
         "quickjs": version("quickjs"),
         "default_pool_size": str(max(2, cpus)),
+        "generator": wrk_version() if WRK else "",
         "worker_start_cpu_ms": f"{start_cpu * 1000:.0f}",
         "worker_start_wall_ms": f"{start_wall * 1000:.0f}",
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
