@@ -299,7 +299,9 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
                 )
             )
             initial.sort(key=lambda entry: entry.seq)
-            cursor = latest
+            # A line written after `latest` was read may already be in the backlog: never
+            # send it twice.
+            cursor = max([latest, *(entry.seq for entry in initial)])
         else:
             cursor = latest
 

@@ -156,6 +156,7 @@ class _Worker:
         self._decoder = FrameDecoder()
         self._pending: deque[Frame] = deque()
         self.dead = False
+        self.idle = False  # queued in the pool's idle channel
         # Versions this worker has been sent, mirroring its LRU so the source is sent rarely.
         self.known: OrderedDict[str, None] = OrderedDict()
         self.cache_size = cache_size
@@ -326,6 +327,7 @@ class SandboxPool:
     async def _monitor(self, worker: _Worker) -> None:
         await worker.process.wait()
         worker.dead = True
+        self._leave_idle(worker)
         self._live.discard(worker)
         if worker in self._spares:
             self._spares.remove(worker)
@@ -347,8 +349,16 @@ class SandboxPool:
     def _release(self, worker: _Worker) -> None:
         if worker.dead:
             return
+        worker.idle = True
         self._idle_count += 1
         self._idle_send.send_nowait(worker)
+
+    def _leave_idle(self, worker: _Worker) -> None:
+        # Whoever clears the flag does the accounting, so a worker that dies while queued as
+        # idle is counted out exactly once (by its monitor), not again when it is dequeued.
+        if worker.idle:
+            worker.idle = False
+            self._idle_count -= 1
 
     async def _acquire(self) -> _Worker:
         if self._closing:
@@ -359,8 +369,8 @@ class SandboxPool:
         try:
             while True:
                 worker = await self._idle_receive.receive()
-                self._idle_count -= 1
                 if not worker.dead:
+                    self._leave_idle(worker)
                     return worker
         finally:
             self._waiting -= 1
