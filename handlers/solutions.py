@@ -107,12 +107,15 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         except EngineError as exc:
             return engine_error_envelope(exc)
         response = Response(result.body, status=result.status)
-        # The script's headers replace the framework's defaults wholesale.
+        # The script's headers replace the framework's defaults wholesale; the length is the
+        # engine's to state (the contract drops a script's Content-Length), and stating it
+        # spares a chunked encoding.
         response.headers.clear()
         for name, value in result.headers:
             response.headers.add(name, value)
         if match.head_fallback:
             response.set_data(b"")
+        if result.status not in (204, 304):  # these never carry a body or its length
             response.headers["Content-Length"] = str(len(result.body))
         return response
 
