@@ -266,6 +266,7 @@ class SandboxConfig:
     breaker_cooldown_s: float = _setting(30.0, _positive())
     init_concurrency: int | None = _setting(None, _int(1, 256, none="CPU count within 4..16"))
     max_script_bytes: int = _setting(1_000_000, _int(1, 64 * MiB))
+    deprioritize_after_ms: int = _setting(200, _int(0, 600_000))
 
     def effective_pool_size(self) -> int:
         """Worker processes to run: the configured size, else one per CPU (at least 2)."""

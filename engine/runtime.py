@@ -51,6 +51,7 @@ def pool_settings(config: Config) -> PoolSettings:
         breaker_failure_threshold=s.breaker_failure_threshold,
         breaker_window_s=s.breaker_window_s,
         breaker_cooldown_s=s.breaker_cooldown_s,
+        deprioritize_after_ms=s.deprioritize_after_ms,
     )
 
 

@@ -319,6 +319,7 @@ RULES = {
     "sandbox.breaker_cooldown_s": "number > 0",
     "sandbox.init_concurrency": "integer 1..256, or empty for CPU count within 4..16",
     "sandbox.max_script_bytes": "integer 1..67108864",
+    "sandbox.deprioritize_after_ms": "integer 0..600000",
     "security.max_request_body_bytes": "integer >= 1",
     "security.max_upload_bytes": "integer >= 1",
     "logging.level": "one of debug, info, warning, error",
@@ -854,6 +855,7 @@ INT_RANGES = {
     "sandbox.breaker_failure_threshold": (1, 1000),
     "sandbox.init_concurrency": (1, 256),
     "sandbox.max_script_bytes": (1, 64 * MiB),
+    "sandbox.deprioritize_after_ms": (0, 600_000),
     "security.max_request_body_bytes": (1, math.inf),
     "security.max_upload_bytes": (1, math.inf),
 }

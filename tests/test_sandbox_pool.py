@@ -598,3 +598,54 @@ async def test_stats_describe_the_pool_at_rest_and_under_load() -> None:
             assert pool.busy_worker_pids()[0] in pool.worker_pids()
         assert pool.stats().idle == 2
         assert pool.stats().busy == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU priority of long invocations
+
+
+def nice_of(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+async def test_a_long_invocation_runs_at_low_priority_and_gets_its_priority_back() -> None:
+    async with running_pool(deprioritize_after_ms=100) as pool:
+        (pid,) = pool.worker_pids()
+        assert nice_of(pid) == 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.invoke, invocation(SLOW, timeout_ms=10_000))
+            await wait_until(lambda: nice_of(pid) == 10)
+        # The run ended: the same worker serves on at normal priority.
+        assert nice_of(pid) == 0
+        assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"
+        assert pool.worker_pids() == [pid]
+        assert pool.stats().restarts == 0
+
+
+async def test_a_short_invocation_keeps_its_priority() -> None:
+    async with running_pool(deprioritize_after_ms=2000) as pool:
+        (pid,) = pool.worker_pids()
+        for _ in range(20):
+            assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"
+        assert nice_of(pid) == 0
+
+
+async def test_without_the_right_to_raise_priority_a_deprioritized_worker_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = os.setpriority
+
+    def unprivileged(which: int, who: int, priority: int) -> None:
+        if priority < nice_of(who):
+            raise PermissionError(1, "Operation not permitted")
+        real(which, who, priority)
+
+    monkeypatch.setattr(os, "setpriority", unprivileged)
+    async with running_pool(deprioritize_after_ms=100) as pool:
+        (pid,) = pool.worker_pids()
+        assert text_of(await pool.invoke(invocation(SLOW, timeout_ms=10_000))) == "done"
+        await wait_until(lambda: pool.stats().live == 1 and pool.worker_pids() != [pid])
+        assert nice_of(pool.worker_pids()[0]) == 0
+        assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"
+        # Retiring a worker on purpose is not a crash.
+        assert pool.stats().restarts == 0

@@ -80,6 +80,10 @@ class PoolSettings:
     breaker_window_s: float = 30.0
     breaker_cooldown_s: float = 30.0
     worker_start_timeout_s: float = 20.0
+    # An invocation still running after this long is moved to a low CPU priority so that
+    # short handlers keep their latency next to a runaway (0 disables).
+    deprioritize_after_ms: int = 200
+    low_priority_nice: int = 10
 
 
 @attrs.frozen
@@ -157,6 +161,9 @@ class _Worker:
         self._pending: deque[Frame] = deque()
         self.dead = False
         self.idle = False  # queued in the pool's idle channel
+        self.busy_since: float | None = None  # trio time the current invocation started
+        self.niced = False  # running at low CPU priority (see _deprioritize_long_runs)
+        self.retired = False  # stopped on purpose, not crashed
         # Versions this worker has been sent, mirroring its LRU so the source is sent rarely.
         self.known: OrderedDict[str, None] = OrderedDict()
         self.cache_size = cache_size
@@ -240,11 +247,51 @@ class SandboxPool:
                     for index in range(wanted):
                         starters.start_soon(self._add_worker, index >= self.settings.size)
                 log.info("sandbox pool ready", workers=self.settings.size, spares=len(self._spares))
+                if self.settings.deprioritize_after_ms > 0:
+                    nursery.start_soon(self._deprioritize_long_runs)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
                 await self._kill_all()
+
+    async def _deprioritize_long_runs(self) -> None:
+        """Lower the CPU priority of workers stuck in one invocation.
+
+        A runaway burns a CPU until its deadline.  On a small machine a handful of them would
+        otherwise take the CPU from every short handler (and from this process); at a high
+        nice value the kernel gives them only what the others leave.  The worker gets its
+        priority back when the invocation ends (see :meth:`_restore_priority`).
+        """
+        threshold = self.settings.deprioritize_after_ms / 1000
+        tick = min(0.05, threshold / 2)
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            for worker in list(self._busy):
+                if worker.niced or worker.busy_since is None or worker.dead:
+                    continue
+                if now - worker.busy_since >= threshold:
+                    try:
+                        os.setpriority(os.PRIO_PROCESS, worker.pid, self.settings.low_priority_nice)
+                    except OSError:
+                        continue  # already gone; its monitor deals with it
+                    worker.niced = True
+
+    def _restore_priority(self, worker: _Worker) -> bool:
+        """Put a deprioritized worker back at normal priority; False if not permitted.
+
+        Raising a priority again needs CAP_SYS_NICE; without it the worker is retired and
+        replaced instead (one process start, only after a long invocation).
+        """
+        try:
+            os.setpriority(os.PRIO_PROCESS, worker.pid, 0)
+        except PermissionError:
+            return False
+        except OSError:
+            return True  # gone already: nothing to restore, its monitor replaces it
+        worker.niced = False
+        return True
 
     async def _kill_all(self) -> None:
         """Stop every worker: close its pipe so it exits by itself (flushing what it has to),
@@ -336,8 +383,13 @@ class SandboxPool:
             replace_in_service = True
         if self._closing:
             return
-        self._restarts += 1
-        log.warning("sandbox worker exited", pid=worker.pid, returncode=worker.process.returncode)
+        if worker.retired:
+            log.debug("sandbox worker retired", pid=worker.pid)
+        else:
+            self._restarts += 1
+            log.warning(
+                "sandbox worker exited", pid=worker.pid, returncode=worker.process.returncode
+            )
         assert self._nursery is not None
         if replace_in_service and self._spares:
             # The warm spare steps in at once; a new spare starts in the background.
@@ -348,6 +400,10 @@ class SandboxPool:
 
     def _release(self, worker: _Worker) -> None:
         if worker.dead:
+            return
+        if worker.niced and not self._restore_priority(worker):
+            worker.retired = True
+            worker.kill()
             return
         worker.idle = True
         self._idle_count += 1
@@ -430,6 +486,7 @@ class SandboxPool:
     ) -> None:
         verdict: bool | None = None
         self._busy.add(worker)
+        worker.busy_since = trio.current_time()
         try:
             with trio.move_on_after(invocation.timeout_ms / 1000) as scope:
                 result = await self._exchange(worker, invocation)
@@ -469,6 +526,7 @@ class SandboxPool:
                 raise
         finally:
             self._busy.discard(worker)
+            worker.busy_since = None
             if not guarded:
                 pass
             elif verdict is True:
