@@ -156,6 +156,18 @@ def render_results(result: SuiteResult) -> str:
         "",
         "### Configuration of this run",
         "",
+        *(
+            [
+                "**Warning: the engine's code changed while this run was in progress "
+                f"(fingerprint {env['code']} before, {env['code_after']} after). Workers "
+                "started during the run may have run newer code than their server: regenerate "
+                "before drawing conclusions.**",
+                "",
+            ]
+            if env.get("code_after", env["code"]) != env["code"]
+            else []
+        ),
+        f"- code: commit {env['revision']}, engine/handlers/security fingerprint {env['code']}",
         f"- machine: {env['cpus']} CPUs ({env['platform']}), shared with other work; load "
         f"average {env['load_before']} before the run, {env.get('load_after', '?')} after",
         f"- software: Python {env['python']}, hypercorn {env['hypercorn']}, "
@@ -169,7 +181,8 @@ def render_results(result: SuiteResult) -> str:
         f"- benchmark 3: an engine configured for runaways: `sandbox.pool_size = "
         f"{s.runaway_pool_size}`, `sandbox.warm_spares = {s.runaway_warm_spares}`, "
         f"`sandbox.handler_timeout_ms = {s.runaway_timeout_ms}`, "
-        f"`sandbox.breaker_failure_threshold = {s.runaway_breaker_threshold}`; healthy load "
+        f"`sandbox.breaker_failure_threshold = {s.runaway_breaker_threshold}`, and the "
+        f"default `sandbox.deprioritize_after_ms = {env['deprioritize_after_ms']}`; healthy load "
         f"{s.healthy_connections} connections, {s.runaways} runaway connections; "
         f"{s.runaway_rounds} round(s) per side, {s.runaway_settle_s:g} s settle + "
         f"{s.runaway_duration_s:g} s measured",
@@ -333,8 +346,8 @@ def _interpretation(result: SuiteResult) -> list[str]:
         f"write and read with their Trio wake-ups, decoding the result) costs the calling "
         f"process {_n(round_trip)} µs; the remaining {_n(rest)} µs is, by difference, the "
         f"engine's own HTTP layer around it — request-id middleware, route lookup, building "
-        f"the script's request object, mapping the result to a response (sent chunked), and "
-        f"the extra response headers. The "
+        f"the script's request object, mapping the result to a response, and the extra "
+        f"response headers. The "
         f"sandbox worker spent another {_n(js_workers)} µs per request (frame decode, JSON, the "
         f"JavaScript call, the result frame). The server process is single-threaded, so its "
         f"CPU per request bounds the throughput: at {_n(js_leader)} µs it cannot exceed "
@@ -373,7 +386,9 @@ def _interpretation(result: SuiteResult) -> list[str]:
         f"- **Runaways.** Healthy p50 changed {_ratio(rw.ratio(p50_ms))}, p99 "
         f"{_ratio(rw.ratio(p99_ms))} and throughput {_ratio(rw.ratio(throughput))}. "
         f"{s.runaways} handlers in `while(true){{}}` keep up to {min(s.runaways, cpus)} of "
-        f"{cpus} CPUs busy, and at a {s.runaway_timeout_ms} ms deadline they cost "
+        f"{cpus} CPUs busy (at low priority once `sandbox.deprioritize_after_ms` = "
+        f"{env['deprioritize_after_ms']} has passed), and at a {s.runaway_timeout_ms} ms "
+        f"deadline they cost "
         f"{kill_rate:g} worker kills per second; each replacement is a new Python process that "
         f"took {env['worker_start_cpu_ms']} ms of CPU ({env['worker_start_wall_ms']} ms "
         f"wall) to start on this machine, {kill_rate * start_cpu_s:.2f} CPUs' worth of starts "

@@ -9,6 +9,7 @@ with the spread of the per-round ratios.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import statistics
@@ -420,6 +421,37 @@ def _runaway_comparison(
         engine.stop()
 
 
+def code_fingerprint() -> str:
+    """A digest of the code the servers run: a change during a run invalidates the run.
+
+    Servers import their code at start, but every sandbox worker started later imports it again
+    from disk; on a tree others are editing, a run can mix two versions of the engine.
+    """
+    digest = hashlib.sha256()
+    for package in ("engine", "handlers", "security"):
+        root = servers.REPO_ROOT / package
+        for path in sorted(root.rglob("*")):
+            if path.suffix in (".py", ".js") and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(servers.REPO_ROOT)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _git_revision() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=servers.REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
 def _probe_round_trip(seconds: float, concurrency: int = 8) -> dict[str, float]:
     completed = subprocess.run(
         [sys.executable, "-m", "bench.pool_probe", str(seconds), str(concurrency)],
@@ -439,7 +471,13 @@ def _environment(settings: Settings) -> dict[str, str]:
 
     cpus = os.cpu_count() or 1
     start_cpu, start_wall = servers.worker_start_cost()
+    from engine.config import default_config
+
+    sandbox = default_config().sandbox
     return {
+        "revision": _git_revision(),
+        "code": code_fingerprint(),
+        "deprioritize_after_ms": str(getattr(sandbox, "deprioritize_after_ms", "not available")),
         "cpus": str(cpus),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -517,6 +555,9 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
     _say("3. healthy route with and without 10 runaway handlers")
     runaway, runaway_loads = _runaway_comparison(settings, work)
     environment["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    environment["code_after"] = code_fingerprint()
+    if environment["code_after"] != environment["code"]:
+        _say("bench: WARNING: the engine's code changed during the run; its numbers mix versions")
     return SuiteResult(
         settings=settings,
         environment=environment,
