@@ -28,7 +28,14 @@ from engine.errors import (
     ScriptFailed,
     ScriptTimeout,
 )
-from engine.sandbox import Invocation, InvocationResult, PoolSettings, PoolStats, SandboxPool, _pool
+from engine.sandbox import (
+    Invocation,
+    InvocationResult,
+    PoolSettings,
+    PoolStats,
+    SandboxPool,
+    _process,
+)
 from engine.sandbox._frames import Frame, Invoke
 
 MiB = 1024 * 1024
@@ -117,13 +124,13 @@ async def wait_until(predicate: Callable[[], bool], within_s: float = 5.0) -> No
 def spy_on_sent_frames(monkeypatch: pytest.MonkeyPatch) -> list[Frame]:
     """Record every frame the parent sends to any worker."""
     sent: list[Frame] = []
-    original = _pool._Worker.send
+    original = _process.WorkerProcess.send
 
     async def send(self: Any, frame: Frame) -> None:
         sent.append(frame)
         await original(self, frame)
 
-    monkeypatch.setattr(_pool._Worker, "send", send)
+    monkeypatch.setattr(_process.WorkerProcess, "send", send)
     return sent
 
 

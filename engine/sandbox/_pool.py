@@ -16,12 +16,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import subprocess
 import sys
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
@@ -38,23 +35,17 @@ from engine.errors import (
     ScriptTimeout,
 )
 from engine.sandbox._frames import (
-    Frame,
-    FrameDecoder,
-    FrameError,
     HostCall,
     HostReply,
     InvocationPhase,
     Invoke,
     Log,
     NeedSource,
-    Ready,
     Result,
-    encode_frame,
 )
+from engine.sandbox._process import WorkerGone, WorkerLimits, WorkerProcess, start_worker
 
 log = structlog.get_logger("aiwebengine.sandbox")
-
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class InvocationHost(Protocol):
@@ -145,70 +136,6 @@ class _Outcome:
         return self._result
 
 
-class WorkerGone(Exception):
-    """The worker's pipe closed: it exited or was killed."""
-
-
-class _Worker:
-    """The parent's handle on one worker process."""
-
-    def __init__(self, process: trio.Process, cache_size: int) -> None:
-        self.process = process
-        assert process.stdin is not None and process.stdout is not None
-        self._stdin = process.stdin
-        self._stdout = process.stdout
-        self._decoder = FrameDecoder()
-        self._pending: deque[Frame] = deque()
-        self.dead = False
-        self.idle = False  # queued in the pool's idle channel
-        self.busy_since: float | None = None  # trio time the current invocation started
-        self.niced = False  # running at low CPU priority (see _deprioritize_long_runs)
-        self.retired = False  # stopped on purpose, not crashed
-        # Versions this worker has been sent, mirroring its LRU so the source is sent rarely.
-        self.known: OrderedDict[str, None] = OrderedDict()
-        self.cache_size = cache_size
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def send(self, frame: Frame) -> None:
-        try:
-            await self._stdin.send_all(encode_frame(frame))
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise WorkerGone(f"worker {self.pid} stopped reading") from exc
-
-    async def receive(self) -> Frame:
-        while not self._pending:
-            try:
-                chunk = await self._stdout.receive_some(1 << 16)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise WorkerGone(f"worker {self.pid} pipe broke") from exc
-            if not chunk:
-                raise WorkerGone(f"worker {self.pid} exited")
-            try:
-                self._pending.extend(self._decoder.feed(bytes(chunk)))
-            except FrameError as exc:
-                self.kill()
-                raise WorkerGone(f"worker {self.pid} sent garbage: {exc}") from exc
-        return self._pending.popleft()
-
-    async def close_input(self) -> None:
-        await self._stdin.aclose()
-
-    def remember(self, script_key: str) -> None:
-        self.known[script_key] = None
-        self.known.move_to_end(script_key)
-        while len(self.known) > self.cache_size:
-            self.known.popitem(last=False)
-
-    def kill(self) -> None:
-        self.dead = True
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-
-
 class SandboxPool:
     """Owns the worker processes; ``run`` must be started in a nursery before ``invoke``."""
 
@@ -223,10 +150,10 @@ class SandboxPool:
         self._clock = clock
         self._python = python
         self._nursery: trio.Nursery | None = None
-        self._idle_send, self._idle_receive = trio.open_memory_channel[_Worker](float("inf"))
-        self._live: set[_Worker] = set()
-        self._busy: set[_Worker] = set()
-        self._spares: list[_Worker] = []
+        self._idle_send, self._idle_receive = trio.open_memory_channel[WorkerProcess](float("inf"))
+        self._live: set[WorkerProcess] = set()
+        self._busy: set[WorkerProcess] = set()
+        self._spares: list[WorkerProcess] = []
         self._idle_count = 0
         self._waiting = 0
         self._starting = 0
@@ -278,7 +205,7 @@ class SandboxPool:
                         continue  # already gone; its monitor deals with it
                     worker.niced = True
 
-    def _restore_priority(self, worker: _Worker) -> bool:
+    def _restore_priority(self, worker: WorkerProcess) -> bool:
         """Put a deprioritized worker back at normal priority; False if not permitted.
 
         Raising a priority again needs CAP_SYS_NICE; without it the worker is retired and
@@ -311,42 +238,18 @@ class SandboxPool:
                 await worker.process.wait()
                 self._live.discard(worker)
 
-    def _command(self) -> list[str]:
+    async def _start_worker(self) -> WorkerProcess:
         s = self.settings
-        return [
-            self._python,
-            "-m",
-            "engine.sandbox._worker",
-            "--parent-pid",
-            str(os.getpid()),
-            "--memory-limit",
-            str(s.memory_limit_bytes),
-            "--stack-limit",
-            str(s.stack_limit_bytes),
-            "--address-space",
-            str(s.address_space_bytes),
-            "--cache-size",
-            str(s.context_cache_size),
-        ]
-
-    async def _start_worker(self) -> _Worker:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
-        process = await trio.lowlevel.open_process(
-            self._command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        return await start_worker(
+            WorkerLimits(
+                memory_limit_bytes=s.memory_limit_bytes,
+                stack_limit_bytes=s.stack_limit_bytes,
+                address_space_bytes=s.address_space_bytes,
+                context_cache_size=s.context_cache_size,
+            ),
+            python=self._python,
+            start_timeout_s=s.worker_start_timeout_s,
         )
-        worker = _Worker(process, self.settings.context_cache_size)
-        try:
-            with trio.fail_after(self.settings.worker_start_timeout_s):
-                frame = await worker.receive()
-            if not isinstance(frame, Ready):
-                raise WorkerGone(f"worker {worker.pid} greeted with {type(frame).__name__}")
-        except BaseException:
-            worker.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
-            raise
-        return worker
 
     async def _add_worker(self, as_spare: bool) -> None:
         """Start one worker (retrying with back-off) and put it in service or on the bench."""
@@ -371,7 +274,7 @@ class SandboxPool:
         else:
             self._release(worker)
 
-    async def _monitor(self, worker: _Worker) -> None:
+    async def _monitor(self, worker: WorkerProcess) -> None:
         await worker.process.wait()
         worker.dead = True
         self._leave_idle(worker)
@@ -398,7 +301,7 @@ class SandboxPool:
         else:
             self._nursery.start_soon(self._add_worker, not replace_in_service)
 
-    def _release(self, worker: _Worker) -> None:
+    def _release(self, worker: WorkerProcess) -> None:
         if worker.dead:
             return
         if worker.niced and not self._restore_priority(worker):
@@ -409,14 +312,14 @@ class SandboxPool:
         self._idle_count += 1
         self._idle_send.send_nowait(worker)
 
-    def _leave_idle(self, worker: _Worker) -> None:
+    def _leave_idle(self, worker: WorkerProcess) -> None:
         # Whoever clears the flag does the accounting, so a worker that dies while queued as
         # idle is counted out exactly once (by its monitor), not again when it is dequeued.
         if worker.idle:
             worker.idle = False
             self._idle_count -= 1
 
-    async def _acquire(self) -> _Worker:
+    async def _acquire(self) -> WorkerProcess:
         if self._closing:
             raise Overloaded("the engine is shutting down", retry_after_s=5)
         if self._idle_count == 0 and self._waiting >= self.settings.queue_limit:
@@ -478,7 +381,7 @@ class SandboxPool:
 
     async def _run(
         self,
-        worker: _Worker,
+        worker: WorkerProcess,
         invocation: Invocation,
         breaker: CircuitBreaker,
         guarded: bool,
@@ -553,7 +456,7 @@ class SandboxPool:
             return f"init: {message}"
         return f"call handler: {message}"
 
-    async def _exchange(self, worker: _Worker, invocation: Invocation) -> Result:
+    async def _exchange(self, worker: WorkerProcess, invocation: Invocation) -> Result:
         send_source = invocation.phase == "init" or invocation.script_key not in worker.known
         await worker.send(self._invoke_frame(invocation, with_source=send_source))
         while True:
