@@ -656,3 +656,13 @@ async def test_without_the_right_to_raise_priority_a_deprioritized_worker_is_rep
         assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"
         # Retiring a worker on purpose is not a crash.
         assert pool.stats().restarts == 0
+
+
+async def test_a_console_line_with_a_lone_surrogate_is_logged_with_the_replacement_character() -> (
+    None
+):
+    host = FakeHost()
+    source = 'function h() { console.log("a\\uD800b", "\\uD83D\\uDE00"); return "ok"; }'
+    async with running_pool() as pool:
+        assert text_of(await pool.invoke(invocation(source, host=host))) == "ok"
+    assert [line[1] for line in host.lines] == ["a\ufffdb \U0001f600"]

@@ -34,11 +34,19 @@
     }
   }
 
+  // A lone surrogate cannot cross into the host (it is not valid Unicode text); it becomes
+  // U+FFFD, as it would when a browser encodes the string.
+  const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+  function wellFormed(text) {
+    return text.replace(LONE_SURROGATE, "\uFFFD");
+  }
+
   function writer(level) {
     return function () {
       const parts = [];
       for (let i = 0; i < arguments.length; i++) parts.push(formatArg(arguments[i]));
-      emitLog(level, parts.join(" "));
+      emitLog(level, wellFormed(parts.join(" ")));
       return "Log written successfully";
     };
   }
