@@ -17,6 +17,8 @@ async def read_body(limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(limit)
+    if not declared and "transfer-encoding" not in request.headers:
+        return b""  # no body announced: nothing to wait for
     try:
         data = await request.get_data(cache=True, as_text=False, parse_form_data=False)
     except RequestEntityTooLarge:
