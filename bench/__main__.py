@@ -12,8 +12,9 @@ from pathlib import Path
 from types import FrameType
 
 from bench import _servers as servers
+from bench._measure import Settings
 from bench._report import write_report
-from bench._suite import Settings, run_suite
+from bench._suite import run_suite
 
 DEFAULT_OUTPUT = servers.REPO_ROOT / "docs" / "performance.md"
 

@@ -11,16 +11,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench._suite import (
+from bench._measure import (
     Comparison,
     Run,
-    SuiteResult,
     cpu_us,
     p50_ms,
     p99_ms,
     throughput,
     time_per_request_us,
 )
+from bench._suite import SuiteResult
 
 __all__ = ["TEMPLATE", "render", "write_report"]
 
@@ -287,6 +287,18 @@ def render_results(result: SuiteResult) -> str:
         "",
         *_pool_table(rw, s.runaway_pool_size),
         "",
+        "#### The same handlers spinning, never killed",
+        "",
+        f"To split the cost in two, a second engine with the same configuration but a deadline "
+        f"far beyond the run: the {s.runaways} handlers spin for the whole measurement and no "
+        f"worker is killed or started. Spinners cannot be stopped without killing their "
+        f"workers, so here every round without them runs first ({s.spin_rounds} round(s) per "
+        f"side, not alternated).",
+        "",
+        *_summary(result.spinning, _METRICS[:5]),
+        "",
+        *_pool_table(result.spinning, s.runaway_pool_size),
+        "",
     ]
 
     out += ["### Interpretation of this run", ""]
@@ -323,16 +335,8 @@ def _pool_table(comparison: Comparison, size: int) -> list[str]:
     )
 
 
-def _worst_pool(runs: tuple[Run, ...]) -> tuple[int | None, int | None]:
-    pools = [run.pool for run in runs if run.pool is not None]
-    if not pools:
-        return None, None
-    return min(p.min_workers for p in pools), max(p.max_waiting for p in pools)
-
-
 def _interpretation(result: SuiteResult) -> list[str]:
-    jb, sz, rw = result.js_vs_bare, result.sizes, result.runaway
-    s, env = result.settings, result.environment
+    jb, sz, env = result.js_vs_bare, result.sizes, result.environment
     cpus = int(env["cpus"])
     bare_cpu = jb.baseline.median(lambda r: r.cpu_per_request_us("leader"))
     js_leader = jb.candidate.median(lambda r: r.cpu_per_request_us("leader"))
@@ -363,39 +367,7 @@ def _interpretation(result: SuiteResult) -> list[str]:
         f"worker first evaluates the script (the source crosses the pipe only then), not per "
         f"request; a worker replaced after a kill pays it again on its first request.",
     ]
-    timeout_s = s.runaway_timeout_ms / 1000
-    kill_rate = s.runaways / timeout_s
-    start_cpu_s = float(env["worker_start_cpu_ms"]) / 1000
-    fewest, most_waiting = _worst_pool(rw.candidate.runs)
-    free = s.runaway_pool_size - s.runaways
-    if fewest is None or most_waiting is None:
-        pool_text = "The pool was not sampled."
-    elif fewest < s.runaway_pool_size or most_waiting > 0:
-        pool_text = (
-            f"Replacements did not keep up: the pool fell to {fewest} of "
-            f"{s.runaway_pool_size} workers in service and up to {most_waiting} requests waited "
-            f"for a worker, so healthy requests queued behind runaways for one (the pool has "
-            f"no priority between them) instead of finding one of the {free} left free."
-        )
-    else:
-        pool_text = (
-            f"The pool stayed full ({s.runaway_pool_size} workers in service, nobody waiting), "
-            f"so what the healthy route lost was CPU, not workers."
-        )
-    lines.append(
-        f"- **Runaways.** Healthy p50 changed {_ratio(rw.ratio(p50_ms))}, p99 "
-        f"{_ratio(rw.ratio(p99_ms))} and throughput {_ratio(rw.ratio(throughput))}. "
-        f"{s.runaways} handlers in `while(true){{}}` keep up to {min(s.runaways, cpus)} of "
-        f"{cpus} CPUs busy (at low priority once `sandbox.deprioritize_after_ms` = "
-        f"{env['deprioritize_after_ms']} has passed), and at a {s.runaway_timeout_ms} ms "
-        f"deadline they cost "
-        f"{kill_rate:g} worker kills per second; each replacement is a new Python process that "
-        f"took {env['worker_start_cpu_ms']} ms of CPU ({env['worker_start_wall_ms']} ms "
-        f"wall) to start on this machine, {kill_rate * start_cpu_s:.2f} CPUs' worth of starts "
-        f"in all. {pool_text} The deadline bounds how long a runaway runs, not what it costs "
-        f"the others meanwhile: on a machine with fewer CPUs than runaways the pool's "
-        f"isolation is only as good as the CPU left over."
-    )
+    lines.append(_runaway_interpretation(result))
     restarts = _restarts(jb) + _restarts(sz)
     failures = _failures(jb) + _failures(sz)
     if restarts or failures:
@@ -406,6 +378,48 @@ def _interpretation(result: SuiteResult) -> list[str]:
             f"and a reason to distrust this run's numbers for those benchmarks."
         )
     return lines
+
+
+def _runaway_interpretation(result: SuiteResult) -> str:
+    rw, spin, s, env = result.runaway, result.spinning, result.settings, result.environment
+    cpus = int(env["cpus"])
+    kill_rate = s.runaways / (s.runaway_timeout_ms / 1000)
+    starts = kill_rate * float(env["worker_start_cpu_ms"]) / 1000
+    pools = [run.pool for run in rw.candidate.runs if run.pool is not None]
+    if not pools:
+        pool_text = "The pool was not sampled."
+    elif min(p.min_workers for p in pools) < s.runaway_pool_size:
+        pool_text = (
+            f"Replacements did not always keep up: the pool fell to "
+            f"{min(p.min_workers for p in pools)} of {s.runaway_pool_size} workers in service, "
+            f"and healthy requests queue for a worker on equal terms with runaways."
+        )
+    elif min(p.min_idle for p in pools) == 0:
+        pool_text = (
+            f"The pool stayed at {s.runaway_pool_size} workers in service but had moments with "
+            f"no idle one, so some healthy requests also waited for a worker."
+        )
+    else:
+        pool_text = (
+            f"The pool stayed at {s.runaway_pool_size} workers in service with an idle one "
+            f"always there: the healthy route lost CPU, not workers."
+        )
+    return (
+        f"- **Runaways.** With {s.runaways} runaways in flight the healthy route's throughput "
+        f"was {_ratio(rw.ratio(throughput))} and its p99 {_ratio(rw.ratio(p99_ms))} of what "
+        f"they were without. With the same handlers spinning but never killed, throughput was "
+        f"{_ratio(spin.ratio(throughput))} and p99 {_ratio(spin.ratio(p99_ms))}: that part is "
+        f"the spinning itself (the engine lowers a long invocation's priority after "
+        f"`sandbox.deprioritize_after_ms` = {env['deprioritize_after_ms']} ms, but a niced "
+        f"process still gets any CPU left idle, which on {cpus} CPUs is likely every time the "
+        f"server process waits for its worker's reply, and the server's wake-up then has to "
+        f"take the CPU back). The rest comes with the deadline: "
+        f"{kill_rate:g} kills per second, each followed by a new worker process, which took "
+        f"{env['worker_start_cpu_ms']} ms of CPU to start on this machine ({starts:.2f} CPUs' "
+        f"worth at normal priority), and a fresh QuickJS context for the next script it "
+        f"serves. {pool_text} The deadline bounds how long one runaway runs; what runaways "
+        f"cost everybody else depends on how many CPUs are left over."
+    )
 
 
 def render(result: SuiteResult, template: str) -> str:

@@ -1,224 +1,25 @@
-"""The benchmarks: each compares the engine with a baseline measured in the same run.
-
-The machine is shared and noisy, so no number here is judged on its own.  Every comparison
-alternates its two sides round by round (baseline, candidate, baseline, candidate, ...) so slow
-phases of the machine hit both, and reports the ratio of the medians over the rounds together
-with the spread of the per-round ratios.
-"""
+"""The whole run: every benchmark, each against a baseline measured in the same run."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 
 from bench import _servers as servers
-from bench._loadgen import LoadResult, LoadSpec, start_load
-from bench._scripts import hello_script, padded_script, runaway_script
-from bench._wrk import WRK, run_wrk, wrk_version
+from bench._loadgen import LoadResult
+from bench._measure import Comparison, Run, Settings, alternate, measure, say
+from bench._runaways import runaway_comparison, spinning_comparison
+from bench._scripts import hello_script, padded_script
+from bench._wrk import WRK, wrk_version
 
-__all__ = ["Comparison", "Run", "Settings", "Side", "SuiteResult", "run_suite"]
-
-
-@attrs.frozen
-class Settings:
-    quick: bool
-    rounds: int
-    duration_s: float
-    warmup_s: float
-    connections: int
-    processes: int
-    runaway_rounds: int
-    runaway_duration_s: float
-    # Before a "with runaways" window opens, the runaways must have reached their steady state
-    # (all in flight, some already killed and re-issued); both sides wait the same time.
-    runaway_settle_s: float
-    healthy_connections: int
-    runaways: int = 10
-    runaway_timeout_ms: int = 2000
-    # An operator expecting 10 runaways at once sizes the pool for them plus the real traffic,
-    # and keeps spares for the replacements the kills cause (one per runaway every 2 s).
-    runaway_pool_size: int = 16
-    runaway_warm_spares: int = 4
-    # Left at its default (5 failures in 30 s) the per-script breaker would pause the runaway
-    # script after five kills, and the scenario would measure the breaker, not the isolation.
-    runaway_breaker_threshold: int = 1000
-    small_bytes: int = 1024
-    big_bytes: int = 1_000_000  # the engine's default sandbox.max_script_bytes
-
-    @classmethod
-    def full(cls) -> Settings:
-        return cls(
-            quick=False,
-            rounds=4,
-            duration_s=6.0,
-            warmup_s=1.0,
-            connections=32,
-            processes=2,
-            runaway_rounds=3,
-            runaway_duration_s=6.0,
-            runaway_settle_s=3.0,
-            healthy_connections=8,
-        )
-
-    @classmethod
-    def quick_run(cls) -> Settings:
-        return cls(
-            quick=True,
-            rounds=1,
-            duration_s=3.0,
-            warmup_s=0.5,
-            connections=32,
-            processes=2,
-            runaway_rounds=1,
-            runaway_duration_s=3.0,
-            runaway_settle_s=2.5,
-            healthy_connections=8,
-        )
-
-    def runaway_engine_settings(self) -> dict[str, object]:
-        return {
-            "sandbox.pool_size": self.runaway_pool_size,
-            "sandbox.warm_spares": self.runaway_warm_spares,
-            "sandbox.handler_timeout_ms": self.runaway_timeout_ms,
-            "sandbox.breaker_failure_threshold": self.runaway_breaker_threshold,
-        }
-
-
-@attrs.frozen
-class PoolSummary:
-    """The sandbox pool as ``/health/ready`` showed it, sampled every half second of a run."""
-
-    samples: int
-    min_workers: int  # in service (busy or idle), spares not counted
-    min_idle: int
-    max_waiting: int  # requests queued for a worker
-
-
-class _PoolSampler:
-    """Polls the engine's readiness endpoint from a thread while a run is in progress."""
-
-    def __init__(self, server: servers.ServerProcess, every_s: float = 0.5) -> None:
-        self._server = server
-        self._every_s = every_s
-        self._stop = threading.Event()
-        self._states: list[dict[str, int]] = []
-        self._thread = threading.Thread(target=self._poll, name="bench-pool-sampler", daemon=True)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self._every_s):
-            try:
-                self._states.append(servers.sandbox_state(self._server))
-            except (OSError, ValueError, KeyError):
-                continue  # a slow or refused poll is a missing sample, not a failed run
-
-    def __enter__(self) -> _PoolSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def summary(self) -> PoolSummary | None:
-        if not self._states:
-            return None
-        return PoolSummary(
-            samples=len(self._states),
-            min_workers=min(state["workers"] for state in self._states),
-            min_idle=min(state["idle"] for state in self._states),
-            max_waiting=max(state["waiting"] for state in self._states),
-        )
-
-
-@attrs.frozen
-class Run:
-    """One measurement of one side."""
-
-    label: str
-    round: int
-    load: LoadResult
-    leader_cpu_s: float  # the server process (hypercorn + app)
-    worker_cpu_s: float  # the rest of its group: the engine's sandbox workers
-    restarts: int | None  # sandbox worker restarts during the run (engine only)
-    pool: PoolSummary | None = None  # the sandbox pool as sampled during the run, if sampled
-
-    def cpu_per_request_us(self, part: str = "all") -> float:
-        seconds = {
-            "all": self.leader_cpu_s + self.worker_cpu_s,
-            "leader": self.leader_cpu_s,
-            "workers": self.worker_cpu_s,
-        }[part]
-        total = self.load.total_completed
-        return seconds / total * 1e6 if total else float("nan")
-
-    @property
-    def failures(self) -> int:
-        return self.load.completed - self.load.ok
-
-
-def _divide(a: float, b: float) -> float:
-    return a / b if b else float("nan")
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-@attrs.frozen
-class Side:
-    label: str
-    runs: tuple[Run, ...]
-
-    def median(self, metric: Callable[[Run], float]) -> float:
-        return _median([metric(run) for run in self.runs])
-
-
-def throughput(run: Run) -> float:
-    return run.load.throughput
-
-
-def time_per_request_us(run: Run) -> float:
-    """Server wall time per request at saturation: what one more request costs."""
-    return 1e6 / run.load.throughput if run.load.throughput else float("nan")
-
-
-def p50_ms(run: Run) -> float:
-    return run.load.latency(50) * 1e3
-
-
-def p99_ms(run: Run) -> float:
-    return run.load.latency(99) * 1e3
-
-
-def cpu_us(run: Run) -> float:
-    return run.cpu_per_request_us()
-
-
-@attrs.frozen
-class Comparison:
-    baseline: Side
-    candidate: Side
-
-    def ratio(self, metric: Callable[[Run], float]) -> float:
-        """Median of the candidate over median of the baseline."""
-        return _divide(self.candidate.median(metric), self.baseline.median(metric))
-
-    def round_ratios(self, metric: Callable[[Run], float]) -> list[float]:
-        return [
-            _divide(metric(c), metric(b))
-            for b, c in zip(self.baseline.runs, self.candidate.runs, strict=True)
-        ]
+__all__ = ["SuiteResult", "code_fingerprint", "run_suite"]
 
 
 @attrs.frozen
@@ -230,195 +31,9 @@ class SuiteResult:
     sizes: Comparison
     runaway: Comparison
     runaway_loads: tuple[LoadResult, ...]
+    spinning: Comparison  # the runaways' spinning alone, without kills
     round_trip: dict[str, float]  # bench.pool_probe's numbers
     elapsed_s: float
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
-
-
-def _measure(
-    server: servers.ServerProcess,
-    label: str,
-    round_: int,
-    path: str,
-    *,
-    connections: int,
-    processes: int,
-    duration_s: float,
-    warmup_s: float,
-    engine: bool,
-    sample_pool: bool = False,
-) -> Run:
-    spec = LoadSpec(
-        host=server.host,
-        port=server.port,
-        path=path,
-        connections=connections,
-        processes=processes,
-        duration_s=duration_s,
-        warmup_s=warmup_s,
-    )
-    restarts_before = servers.sandbox_state(server)["restarts"] if engine else None
-    cpu_before = server.cpu_snapshot()
-    sampler = _PoolSampler(server) if sample_pool else None
-    if WRK is not None:
-        with sampler or contextlib.nullcontext():
-            load = run_wrk(spec)
-    else:
-        running = start_load(spec)
-        try:
-            # The sampler's thread starts after the generator processes are forked, not before.
-            with sampler or contextlib.nullcontext():
-                load = running.result()
-        finally:
-            running.stop()
-    cpu_after = server.cpu_snapshot()
-    restarts = (
-        servers.sandbox_state(server)["restarts"] - restarts_before
-        if restarts_before is not None
-        else None
-    )
-    # A process that died during the run took its CPU figure with it; one born during the run
-    # (a replacement worker) counts from zero.
-    leader = server.process.pid
-    deltas = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
-    run = Run(
-        label=label,
-        round=round_,
-        load=load,
-        leader_cpu_s=deltas.get(leader, 0.0),
-        worker_cpu_s=sum(v for pid, v in deltas.items() if pid != leader),
-        restarts=restarts,
-        pool=sampler.summary() if sampler else None,
-    )
-    problems = f" problems={load.problems}" if load.problems else ""
-    failures = f" non-2xx={run.failures}" if run.failures else ""
-    restarted = f" worker-restarts={restarts}" if restarts else ""
-    _say(
-        f"  {label:<28} round {round_}: {load.throughput:8.0f} req/s  "
-        f"p50 {p50_ms(run):7.2f} ms  p99 {p99_ms(run):7.2f} ms  "
-        f"cpu {cpu_us(run):6.0f} us/req  generator {load.generator_cores:.2f} cores"
-        f"{failures}{restarted}{problems}"
-    )
-    return run
-
-
-def _alternate(
-    settings: Settings,
-    baseline: tuple[str, servers.ServerProcess, str, bool],
-    candidate: tuple[str, servers.ServerProcess, str, bool],
-) -> Comparison:
-    """Warm both sides up, then measure them in turn, ``settings.rounds`` times each."""
-    sides: tuple[list[Run], list[Run]] = ([], [])
-    for label, server, path, engine in (baseline, candidate):
-        _measure(
-            server,
-            f"{label} (warm-up)",
-            0,
-            path,
-            connections=settings.connections,
-            processes=settings.processes,
-            duration_s=1.0,
-            warmup_s=settings.warmup_s,
-            engine=engine,
-        )
-    for round_ in range(1, settings.rounds + 1):
-        for runs, (label, server, path, engine) in zip(sides, (baseline, candidate), strict=True):
-            runs.append(
-                _measure(
-                    server,
-                    label,
-                    round_,
-                    path,
-                    connections=settings.connections,
-                    processes=settings.processes,
-                    duration_s=settings.duration_s,
-                    warmup_s=settings.warmup_s,
-                    engine=engine,
-                )
-            )
-    return Comparison(Side(baseline[0], tuple(sides[0])), Side(candidate[0], tuple(sides[1])))
-
-
-def _wait_until_quiet(server: servers.ServerProcess, settings: Settings, limit_s: float) -> None:
-    """Wait until no worker is busy and every kill has been replaced (spares included)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        state = servers.sandbox_state(server)
-        if (
-            state["busy"] == 0
-            and state["workers"] >= settings.runaway_pool_size
-            and state["spares"] >= settings.runaway_warm_spares
-        ):
-            return
-        time.sleep(0.2)
-    _say(f"  (the pool was still recovering after {limit_s:.0f} s: {state})")
-
-
-def _runaway_comparison(
-    settings: Settings, work: Path
-) -> tuple[Comparison, tuple[LoadResult, ...]]:
-    engine = servers.start_engine(
-        "engine-runaway", work / "data-runaway", work, settings.runaway_engine_settings()
-    )
-    try:
-        servers.deploy(engine, "https://bench.local/ok", hello_script("/bench/ok"))
-        servers.deploy(engine, "https://bench.local/spin", runaway_script("/bench/spin"))
-        timeout_s = settings.runaway_timeout_ms / 1000
-
-        def healthy(label: str, round_: int, duration_s: float) -> Run:
-            return _measure(
-                engine,
-                label,
-                round_,
-                "/bench/ok",
-                connections=settings.healthy_connections,
-                processes=settings.processes,
-                duration_s=duration_s,
-                warmup_s=settings.runaway_settle_s,
-                engine=True,
-                sample_pool=True,
-            )
-
-        _wait_until_quiet(engine, settings, limit_s=30)
-        healthy("healthy alone (warm-up)", 0, 1.0)
-        quiet: list[Run] = []
-        loud: list[Run] = []
-        runaway_loads: list[LoadResult] = []
-        for round_ in range(1, settings.runaway_rounds + 1):
-            # Both sides start from a full, idle pool.
-            _wait_until_quiet(engine, settings, limit_s=15)
-            quiet.append(healthy("healthy alone", round_, settings.runaway_duration_s))
-            _wait_until_quiet(engine, settings, limit_s=15)
-            runaways = start_load(
-                LoadSpec(
-                    host=engine.host,
-                    port=engine.port,
-                    path="/bench/spin",
-                    connections=settings.runaways,
-                    processes=1,
-                    duration_s=settings.runaway_duration_s,
-                    warmup_s=settings.runaway_settle_s,
-                    stagger_s=timeout_s / settings.runaways,
-                    # Let the last runaways meet their deadline rather than hang up on them.
-                    drain_s=timeout_s + 2.0,
-                )
-            )
-            try:
-                loud.append(healthy("healthy + 10 runaways", round_, settings.runaway_duration_s))
-                runaway_loads.append(runaways.result())
-            finally:
-                runaways.stop()
-            statuses = runaway_loads[-1].statuses
-            _say(f"    runaway requests answered in the window: {statuses}")
-        comparison = Comparison(
-            Side("healthy alone", tuple(quiet)), Side("healthy + 10 runaways", tuple(loud))
-        )
-        return comparison, tuple(runaway_loads)
-    finally:
-        engine.stop()
 
 
 def code_fingerprint() -> str:
@@ -496,15 +111,15 @@ def _environment(settings: Settings) -> dict[str, str]:
 def run_suite(settings: Settings, work: Path) -> SuiteResult:
     started = time.monotonic()
     environment = _environment(settings)
-    _say(
+    say(
         f"bench: {environment['cpus']} CPUs, load average {environment['load_before']}, "
         f"{'quick' if settings.quick else 'full'} run"
     )
 
-    _say("generator ceiling: the load generator against a trivial static responder")
+    say("generator ceiling: the load generator against a trivial static responder")
     static = servers.start_static(work)
     try:
-        ceiling = _measure(
+        ceiling = measure(
             static,
             "static responder",
             1,
@@ -528,15 +143,15 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
         servers.deploy(
             engine, "https://bench.local/big", padded_script("/bench/big", settings.big_bytes)
         )
-        _say("1. JS route vs bare Quart-Trio route")
-        js_vs_bare = _alternate(
+        say("1. JS route vs bare Quart-Trio route")
+        js_vs_bare = alternate(
             settings,
             ("bare Quart-Trio /hello", bare, "/hello", False),
             ("engine JS /bench/hello", engine, "/bench/hello", True),
         )
         bare.stop()
-        _say("2. handler in a 1 KB script vs in a 1 MB script")
-        sizes = _alternate(
+        say("2. handler in a 1 KB script vs in a 1 MB script")
+        sizes = alternate(
             settings,
             ("1 KB script", engine, "/bench/small", True),
             ("1 MB script", engine, "/bench/big", True),
@@ -545,19 +160,21 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
         bare.stop()
         engine.stop()
 
-    _say("the sandbox round trip alone (SandboxPool.invoke, no HTTP)")
+    say("the sandbox round trip alone (SandboxPool.invoke, no HTTP)")
     round_trip = _probe_round_trip(seconds=min(3.0, settings.duration_s))
-    _say(
+    say(
         f"  {round_trip['calls_per_s']:.0f} calls/s, parent {round_trip['parent_cpu_us']:.0f} "
         f"us/call, worker {round_trip['worker_cpu_us']:.0f} us/call"
     )
 
-    _say("3. healthy route with and without 10 runaway handlers")
-    runaway, runaway_loads = _runaway_comparison(settings, work)
+    say("3. healthy route with and without 10 runaway handlers")
+    runaway, runaway_loads = runaway_comparison(settings, work)
+    say("3b. the same, with the handlers spinning but never killed")
+    spinning = spinning_comparison(settings, work)
     environment["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     environment["code_after"] = code_fingerprint()
     if environment["code_after"] != environment["code"]:
-        _say("bench: WARNING: the engine's code changed during the run; its numbers mix versions")
+        say("bench: WARNING: the engine's code changed during the run; its numbers mix versions")
     return SuiteResult(
         settings=settings,
         environment=environment,
@@ -566,6 +183,7 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
         sizes=sizes,
         runaway=runaway,
         runaway_loads=runaway_loads,
+        spinning=spinning,
         round_trip=round_trip,
         elapsed_s=time.monotonic() - started,
     )
