@@ -129,6 +129,26 @@ class _InvocationHost:
         self.registering = registering
         self.routes: dict[tuple[str, str], Route] = {}
         self.lines: list[NewLogEntry] = []
+        # Log lines up to here are written by the caller.  If the caller stops waiting (the
+        # client hung up) the invocation carries on, and finish() writes what follows.
+        self.written = 0
+        self.abandoned = False
+        self._writer: LogService | None = None
+        self._handler = ""
+
+    def hand_over(self, logs: LogService, handler: str) -> None:
+        """The caller left: from now on ``finish`` writes the rest of the log."""
+        self.written = len(self.lines)
+        self.abandoned = True
+        self._writer = logs
+        self._handler = handler
+
+    async def finish(self, error: BaseException | None) -> None:
+        if not self.abandoned or self._writer is None:
+            return
+        if isinstance(error, EngineError):
+            self.lines.append(self.entry("FATAL", _fatal_message(self._handler, error)))
+        await self._writer.write(self.lines[self.written :])
 
     def log(self, level: str, message: str, timestamp_ms: int) -> None:
         self.lines.append(self.entry(level, message, timestamp_ms))
@@ -240,6 +260,12 @@ class ScriptService:
 
     async def upsert(self, uri: str, content: str) -> UpsertReport:
         validate_script(uri, content, max_bytes=self.settings.max_script_bytes)
+        # Once stored, the new version must be initialised and swapped in (or refused) even if
+        # the caller goes away; the init deadline bounds how long this can take.
+        with trio.CancelScope(shield=True):
+            return await self._upsert(uri, content)
+
+    async def _upsert(self, uri: str, content: str) -> UpsertReport:
         async with self._lock(uri):
             outcome = await self._database.scripts.upsert(uri, content, now_ms())
             report = await self._initialize(outcome.script, is_startup=False)
@@ -431,9 +457,13 @@ class ScriptService:
         except EngineError as exc:
             host.lines.append(host.entry("FATAL", _fatal_message(route.handler, exc)))
             raise
+        except trio.Cancelled:
+            host.hand_over(self._logs, route.handler)
+            raise
         finally:
+            upto = host.written if host.abandoned else len(host.lines)
             with trio.CancelScope(shield=True):
-                await self._logs.write(host.lines)
+                await self._logs.write(host.lines[:upto])
 
 
 def _fatal_message(handler: str, exc: EngineError) -> str:

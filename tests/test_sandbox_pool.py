@@ -49,6 +49,7 @@ class FakeHost:
     answer: Callable[[list[Any]], Awaitable[Any]] | None = None
     calls: list[tuple[str, list[Any]]] = attrs.field(factory=list)
     lines: list[tuple[str, str, int]] = attrs.field(factory=list)
+    finished: list[BaseException | None] = attrs.field(factory=list)
 
     async def call(self, name: str, args: list[Any]) -> Any:
         self.calls.append((name, args))
@@ -58,6 +59,9 @@ class FakeHost:
 
     def log(self, level: str, message: str, timestamp_ms: int) -> None:
         self.lines.append((level, message, timestamp_ms))
+
+    async def finish(self, error: BaseException | None) -> None:
+        self.finished.append(error)
 
 
 class FakeClock:
@@ -666,3 +670,17 @@ async def test_a_console_line_with_a_lone_surrogate_is_logged_with_the_replaceme
     async with running_pool() as pool:
         assert text_of(await pool.invoke(invocation(source, host=host))) == "ok"
     assert [line[1] for line in host.lines] == ["a\ufffdb \U0001f600"]
+
+
+async def test_the_host_hears_how_every_invocation_ended_even_without_its_caller() -> None:
+    ok, failing, abandoned = FakeHost(), FakeHost(), FakeHost()
+    async with running_pool() as pool:
+        await pool.invoke(invocation(HEALTHY, host=ok))
+        with pytest.raises(ScriptFailed):
+            await pool.invoke(invocation("function h() { throw new Error('x'); }", host=failing))
+        with trio.move_on_after(0.1):
+            await pool.invoke(invocation(SLOW, host=abandoned, timeout_ms=10_000))
+        await wait_until(lambda: bool(abandoned.finished))
+    assert ok.finished == [None]
+    assert [type(error) for error in failing.finished] == [ScriptFailed]
+    assert abandoned.finished == [None]

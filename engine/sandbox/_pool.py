@@ -57,6 +57,13 @@ class InvocationHost(Protocol):
     def log(self, level: str, message: str, timestamp_ms: int) -> None:
         """Record a console line written by the invocation."""
 
+    async def finish(self, error: BaseException | None) -> None:
+        """The invocation is over (``error`` says how it failed, if it did).
+
+        Called from the pool's own task even when the caller stopped waiting, so what the
+        invocation did after its caller left (log lines, its failure) is not lost.
+        """
+
 
 @attrs.frozen
 class PoolSettings:
@@ -128,6 +135,10 @@ class _Outcome:
     def fail(self, error: BaseException) -> None:
         self._error = error
         self.done.set()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
 
     def unwrap(self) -> InvocationResult:
         if self._error is not None:
@@ -380,6 +391,21 @@ class SandboxPool:
         return outcome.unwrap()
 
     async def _run(
+        self,
+        worker: WorkerProcess,
+        invocation: Invocation,
+        breaker: CircuitBreaker,
+        guarded: bool,
+        outcome: _Outcome,
+    ) -> None:
+        await self._run_on_worker(worker, invocation, breaker, guarded, outcome)
+        try:
+            await invocation.host.finish(outcome.error)
+        except Exception:
+            # A host's bookkeeping must never take the pool down with it.
+            log.exception("invocation host failed to finish", script=invocation.script_uri)
+
+    async def _run_on_worker(
         self,
         worker: WorkerProcess,
         invocation: Invocation,
