@@ -263,7 +263,8 @@ class ScriptService:
         # Once stored, the new version must be initialised and swapped in (or refused) even if
         # the caller goes away; the init deadline bounds how long this can take.
         with trio.CancelScope(shield=True):
-            return await self._upsert(uri, content)
+            report = await self._upsert(uri, content)
+        return report
 
     async def _upsert(self, uri: str, content: str) -> UpsertReport:
         async with self._lock(uri):
