@@ -231,7 +231,8 @@ def render_results(result: SuiteResult) -> str:
         f"{_percent(share)} — {_verdict(share >= TARGET_JS_SHARE)}.",
         "",
         f"The sandbox round trip alone (`bench/pool_probe.py`: `SandboxPool.invoke` with the "
-        f"same handler and a request-shaped context, 8 calls in flight, no HTTP): "
+        f"same handler and a request-shaped context, 8 calls in flight, no HTTP; median of "
+        f"{1 if s.quick else 3} probe(s) of 2 s): "
         f"{_n(rt['calls_per_s'])} calls/s, {_n(rt['parent_cpu_us'])} µs of CPU per call in "
         f"the calling process and {_n(rt['worker_cpu_us'])} µs in the worker.",
         "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -68,15 +69,23 @@ def _git_revision() -> str:
 
 
 def _probe_round_trip(seconds: float, concurrency: int = 8) -> dict[str, float]:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.pool_probe", str(seconds), str(concurrency)],
-        cwd=servers.REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    numbers: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
+    """bench.pool_probe's numbers; NaN (shown as n/a) if the probe fails, as it uses the
+    pool's Python API, which moves faster than the HTTP surface the rest of the suite uses."""
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "bench.pool_probe", str(seconds), str(concurrency)],
+            cwd=servers.REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        numbers: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+        stderr = getattr(exc, "stderr", "") or ""
+        say(f"  the round-trip probe failed: {exc}\n{stderr[-2000:]}")
+        nan = float("nan")
+        return {"calls": nan, "calls_per_s": nan, "parent_cpu_us": nan, "worker_cpu_us": nan}
     return numbers
 
 
@@ -161,7 +170,9 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
         engine.stop()
 
     say("the sandbox round trip alone (SandboxPool.invoke, no HTTP)")
-    round_trip = _probe_round_trip(seconds=min(3.0, settings.duration_s))
+    # A few short probes and the median of each number: one probe is at the machine's mercy.
+    probes = [_probe_round_trip(seconds=2.0) for _ in range(1 if settings.quick else 3)]
+    round_trip = {key: statistics.median(p[key] for p in probes) for key in probes[0]}
     say(
         f"  {round_trip['calls_per_s']:.0f} calls/s, parent {round_trip['parent_cpu_us']:.0f} "
         f"us/call, worker {round_trip['worker_cpu_us']:.0f} us/call"

@@ -36,6 +36,9 @@ class _Host:
     def log(self, level: str, message: str, timestamp_ms: int) -> None:
         pass
 
+    async def finish(self, error: BaseException | None) -> None:
+        pass
+
 
 def _cpu_of(pids: list[int]) -> float:
     total = 0.0
