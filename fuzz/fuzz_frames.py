@@ -14,7 +14,6 @@ or a ``FrameError`` and nothing else; whatever is accepted re-encodes to itself.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -22,10 +21,11 @@ if __package__ in (None, ""):
     # Run as a script: make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.sandbox._frames import MAX_FRAME_BYTES, Frame, FrameError, decode_payload, encode_frame
+from fuzz._harness import FUZZ, run_atheris
 from tests.test_frames import (
     FRAME_CLASSES,
     check_hostile_stream,
@@ -34,14 +34,6 @@ from tests.test_frames import (
     hostile_streams,
     near_frame_bodies,
 )
-
-settings.register_profile(
-    "fuzz",
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-FUZZ = settings.get_profile("fuzz")
 
 
 @FUZZ
@@ -82,26 +74,5 @@ HARNESSES = (
 )
 
 
-def _one_input(data: bytes) -> None:
-    if not data:
-        return
-    harness = HARNESSES[data[0] % len(HARNESSES)]
-    harness.hypothesis.fuzz_one_input(data[1:])  # type: ignore[attr-defined]
-
-
-def main() -> None:
-    try:
-        import atheris  # type: ignore[import-not-found]
-    except ImportError:
-        sys.exit(
-            "atheris is not installed. Run the harnesses with hypothesis instead:\n"
-            "    FUZZ_EXAMPLES=20000 python -m pytest fuzz/fuzz_frames.py -q\n"
-            "or install atheris (pip install atheris) to fuzz with coverage guidance."
-        )
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, _one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    run_atheris(HARNESSES, __file__)

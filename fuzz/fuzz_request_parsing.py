@@ -14,7 +14,6 @@ that breaks the contract, is a finding.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import sys
 import urllib.parse
@@ -26,7 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import h11
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.http_contract import (
@@ -38,16 +37,9 @@ from engine.http_contract import (
     response_from_result,
 )
 from engine.routing import Route, RouteMatch, RouteTable
+from fuzz._harness import FUZZ, run_atheris
 from tests.test_http_contract import any_results
 from tests.test_routing import by_script, index_order, ref_match, routes_st
-
-settings.register_profile(
-    "fuzz",
-    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-FUZZ = settings.get_profile("fuzz")
 
 _UPLOAD_FILENAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -196,26 +188,5 @@ HARNESSES = (
 )
 
 
-def _one_input(data: bytes) -> None:
-    if not data:
-        return
-    harness = HARNESSES[data[0] % len(HARNESSES)]
-    harness.hypothesis.fuzz_one_input(data[1:])  # type: ignore[attr-defined]
-
-
-def main() -> None:
-    try:
-        import atheris  # type: ignore[import-not-found]
-    except ImportError:
-        sys.exit(
-            "atheris is not installed. Run the harnesses with hypothesis instead:\n"
-            "    FUZZ_EXAMPLES=20000 python -m pytest fuzz/fuzz_request_parsing.py -q\n"
-            "or install atheris (pip install atheris) to fuzz with coverage guidance."
-        )
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, _one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    run_atheris(HARNESSES, __file__)
