@@ -17,7 +17,8 @@ def register(app: QuartTrio, runtime: EngineRuntime) -> None:
     _middleware.install(app, runtime)
     app.register_blueprint(health.make_blueprint(runtime))
     app.register_blueprint(admin.make_blueprint(runtime))
-    app.register_blueprint(solutions.make_blueprint(runtime))
+    # Solution routes bypass Quart: see handlers.solutions.
+    solutions.install(app, runtime)
 
 
 __all__ = ["register"]

@@ -96,10 +96,18 @@ def install(app: QuartTrio, runtime: EngineRuntime) -> None:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status == 404:
+            # Unknown engine paths answer like unknown solution paths (UPSTREAM_API §1.4).
+            return envelope_response(404, "NOT_FOUND", "Resource not found")
         name = (exc.name or "error").upper().replace(" ", "_")
         if _is_engine_path(request.path):
-            return management_error(status, exc.name or "error")
-        return envelope_response(status, name, exc.name or "error")
+            response = management_error(status, exc.name or "error")
+        else:
+            response = envelope_response(status, name, exc.name or "error")
+        allowed = getattr(exc, "valid_methods", None)
+        if status == 405 and allowed:
+            response.headers["Allow"] = ", ".join(sorted(allowed))
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:

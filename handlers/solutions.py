@@ -1,83 +1,127 @@
-"""Solution routes: every path no other surface claims is dispatched to the scripts.
+"""Solution routes: every path outside the engine's own prefixes is dispatched to the scripts.
 
-Order (the original's, UPSTREAM_API §1.4): unknown ``/engine/*`` paths are 404 JSON; then the
-route table (exact, ``:param``, ``/*``; HEAD falls back to GET); then 405 for a path routed under
-other methods; then ``GET /`` redirects to the landing page; then 404.
+This surface speaks ASGI directly instead of going through Quart: it is the hot path of every
+solution, and Quart's request and response objects, URL adapter and hooks cost about as much
+CPU per request as the whole sandbox round trip.  Requests under the engine's prefixes
+(``/engine``, ``/health``, ...) are handed to the Quart application unchanged.
+
+Order (the original's, UPSTREAM_API §1.4): the route table (exact, ``:param``, ``/*``; HEAD
+falls back to GET); then 405 for a path routed under other methods; then ``GET /`` redirects
+to the landing page; then 404.  Every answer carries ``x-request-id`` and errors are the JSON
+envelope, never a traceback.
 """
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, g, redirect, request
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
 
-from engine.errors import EngineError
+import structlog
+
+from engine.errors import EngineError, Overloaded, StorageUnavailable
 from engine.http_contract import (
     FormError,
     ParsedForm,
     anonymous_auth,
     build_request,
+    error_envelope,
     parse_form,
 )
 from engine.routing import MethodNotAllowed, RouteMatch, reserved_prefix_of
 from engine.runtime import EngineRuntime
 from engine.scripts import LoadedScript
-from handlers._body import PayloadTooLarge, read_body
-from handlers._responses import (
-    close_if_body_unread,
-    engine_error_envelope,
-    envelope_response,
-)
 
-# Every method a script may register; OPTIONS is the script's to answer, not the framework's.
-METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = structlog.get_logger("aiwebengine.http")
+
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_JSON = b"application/json"
+_FRAMING_ALLOWANCE = 64 * 1024
 
 
-def raw_path() -> str:
-    """The path as sent, percent-encoding preserved (scripts see it raw, as upstream)."""
-    raw = request.scope.get("raw_path")
-    if isinstance(raw, bytes | bytearray) and raw:
-        return bytes(raw).split(b"?", 1)[0].decode("utf-8", "replace")
-    return request.path
+class _TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
 
 
-def make_blueprint(runtime: EngineRuntime) -> Blueprint:
-    blueprint = Blueprint("solutions", __name__)
-    security = runtime.config.security
+class SolutionDispatcher:
+    """ASGI middleware: solution requests here, everything else to the wrapped app."""
 
-    async def dispatch(path: str) -> Response:
-        del path  # the raw path is used instead of Werkzeug's decoded one
-        target = raw_path()
-        method = request.method
-        if reserved_prefix_of(target) == "/engine":
-            return envelope_response(404, "NOT_FOUND", "Resource not found")
-        match, script = runtime.scripts.resolve(target, method)
+    def __init__(self, app: ASGIApp, runtime: EngineRuntime) -> None:
+        self._app = app
+        self._runtime = runtime
+        self._security = runtime.config.security
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or reserved_prefix_of(scope["path"]) is not None:
+            await self._app(scope, receive, send)
+            return
+        exchange = _Exchange(scope, receive, send, self._runtime.new_request_id())
+        structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
+        try:
+            await self._dispatch(exchange)
+        except EngineError as exc:
+            if not exchange.started:
+                await exchange.engine_error(exc)
+        except Exception:
+            log.exception("unhandled error", path=exchange.path, method=exchange.method)
+            if not exchange.started:
+                await exchange.error(500, "INTERNAL_SERVER_ERROR", "Internal server error")
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    async def _dispatch(self, exchange: _Exchange) -> None:
+        runtime = self._runtime
+        if not runtime.started:
+            await exchange.error(
+                503, "STARTING", "The engine is starting", headers=[(b"retry-after", b"1")]
+            )
+            return
+        match, script = runtime.scripts.resolve(exchange.path, exchange.method)
         if isinstance(match, RouteMatch) and script is not None:
-            return await run_route(match, script, target)
-        if isinstance(match, MethodNotAllowed):
-            response = envelope_response(405, "METHOD_NOT_ALLOWED", "Method not allowed")
-            response.headers["Allow"] = ", ".join(match.allowed)
-            return response
-        if method in ("GET", "HEAD") and target == "/":
-            return redirect("/engine/installed", 307)
-        return envelope_response(404, "NOT_FOUND", "Resource not found")
+            await self._run_route(exchange, match, script)
+        elif isinstance(match, MethodNotAllowed):
+            allow = ", ".join(match.allowed).encode()
+            await exchange.error(
+                405, "METHOD_NOT_ALLOWED", "Method not allowed", headers=[(b"allow", allow)]
+            )
+        elif exchange.method in ("GET", "HEAD") and exchange.path == "/":
+            await exchange.respond(
+                307,
+                [(b"location", b"/engine/installed"), (b"content-type", b"text/plain")],
+                b"Redirecting to /engine/installed",
+            )
+        else:
+            await exchange.error(404, "NOT_FOUND", "Resource not found")
 
-    async def run_route(match: RouteMatch, script: LoadedScript, target: str) -> Response:
-        content_type = request.headers.get("content-type", "")
+    async def _run_route(
+        self, exchange: _Exchange, match: RouteMatch, script: LoadedScript
+    ) -> None:
+        security = self._security
+        content_type = exchange.header(b"content-type")
         is_form = content_type.split(";", 1)[0].strip().lower() in _FORM_TYPES
         limit = (
-            security.max_upload_bytes + 64 * 1024 if is_form else security.max_request_body_bytes
+            security.max_upload_bytes + _FRAMING_ALLOWANCE
+            if is_form
+            else security.max_request_body_bytes
         )
         try:
-            body = await read_body(limit)
-        except PayloadTooLarge as exc:
+            body = await exchange.read_body(limit)
+        except _TooLarge as exc:
             message = (
                 "File upload exceeds maximum size limit" if is_form else "Request body too large"
             )
-            return close_if_body_unread(
-                envelope_response(
-                    413, "PAYLOAD_TOO_LARGE", message, details=f"limit: {exc.limit} bytes"
-                )
+            await exchange.error(
+                413, "PAYLOAD_TOO_LARGE", message, details=f"limit: {exc.limit} bytes"
             )
+            return
         try:
             form = (
                 parse_form(content_type, body, max_upload_bytes=security.max_upload_bytes)
@@ -86,48 +130,135 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
             )
         except FormError as exc:
             code = "PAYLOAD_TOO_LARGE" if exc.status == 413 else "BAD_REQUEST"
-            return envelope_response(exc.status, code, exc.message)
+            await exchange.error(exc.status, code, exc.message)
+            return
         script_request = build_request(
-            path=target,
-            method=request.method,
-            raw_query=request.scope.get("query_string", b""),
-            raw_headers=request.scope.get("headers", []),
+            path=exchange.path,
+            method=exchange.method,
+            raw_query=exchange.scope.get("query_string", b""),
+            raw_headers=exchange.scope.get("headers", []),
             body=body,
             params=match.params,
             form=form,
             auth=anonymous_auth(),
         )
         try:
-            result = await runtime.scripts.invoke_route(
-                match,
-                script,
-                script_request,
-                g.request_id,  # type: ignore[arg-type]
+            result = await self._runtime.scripts.invoke_route(
+                match, script, script_request, exchange.request_id
             )
         except EngineError as exc:
-            return engine_error_envelope(exc)
-        response = Response(result.body, status=result.status)
-        # The script's headers replace the framework's defaults wholesale; the length is the
-        # engine's to state (the contract drops a script's Content-Length), and stating it
-        # spares a chunked encoding.
-        response.headers.clear()
-        for name, value in result.headers:
-            response.headers.add(name, value)
-        if match.head_fallback:
-            response.set_data(b"")
+            await exchange.engine_error(exc)
+            return
+        headers = [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in result.headers
+        ]
         if result.status not in (204, 304):  # these never carry a body or its length
-            response.headers["Content-Length"] = str(len(result.body))
-        return response
+            headers.append((b"content-length", str(len(result.body)).encode()))
+        await exchange.respond(result.status, headers, result.body)
 
-    blueprint.add_url_rule(
-        "/",
-        "dispatch_root",
-        dispatch,
-        methods=METHODS,
-        defaults={"path": ""},
-        provide_automatic_options=False,
-    )
-    blueprint.add_url_rule(
-        "/<path:path>", "dispatch", dispatch, methods=METHODS, provide_automatic_options=False
-    )
-    return blueprint
+
+class _Exchange:
+    """One request and its single response, in ASGI terms."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.request_id = request_id
+        self.method: str = scope["method"]
+        raw = scope.get("raw_path")
+        # Scripts see the path as sent, percent-encoding preserved, as on the original.
+        self.path: str = (
+            bytes(raw).split(b"?", 1)[0].decode("utf-8", "replace") if raw else scope["path"]
+        )
+        self.body_read = False
+        self.started = False
+
+    def header(self, name: bytes) -> str:
+        for key, value in self.scope.get("headers", ()):
+            if key.lower() == name:
+                return bytes(value).decode("latin-1")
+        return ""
+
+    def _announces_body(self) -> bool:
+        return bool(self.header(b"transfer-encoding")) or self.header(b"content-length") not in (
+            "",
+            "0",
+        )
+
+    async def read_body(self, limit: int) -> bytes:
+        declared = self.header(b"content-length")
+        if declared.isdigit() and int(declared) > limit:
+            raise _TooLarge(limit)
+        if not self._announces_body():
+            self.body_read = True
+            return b""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self.body_read = True
+        return b"".join(chunks)
+
+    async def respond(
+        self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        head = list(headers)
+        head.append((b"x-request-id", self.request_id.encode()))
+        if not any(name.lower() == b"x-content-type-options" for name, _ in head):
+            head.append((b"x-content-type-options", b"nosniff"))
+        if not self.body_read and self._announces_body():
+            # An unread body would be taken for the next request on a kept-alive connection.
+            head.append((b"connection", b"close"))
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": head})
+        # A HEAD answer states the length of the body it leaves out.
+        payload = b"" if self.method == "HEAD" else body
+        await self._send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    async def engine_error(self, exc: EngineError) -> None:
+        headers = []
+        if isinstance(exc, Overloaded | StorageUnavailable):
+            retry = max(1, math.ceil(exc.retry_after_s))
+            headers.append((b"retry-after", str(retry).encode()))
+        await self.error(exc.status, exc.code, exc.message, details=exc.details, headers=headers)
+
+    async def error(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: str | None = None,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        envelope = error_envelope(
+            status=status,
+            code=code,
+            message=message,
+            request_id=self.request_id,
+            path=self.path,
+            method=self.method,
+            details=details,
+        )
+        body = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+        head = [
+            (b"content-type", _JSON),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ]
+        await self.respond(status, head, body)
+
+
+def install(app: Any, runtime: EngineRuntime) -> None:
+    """Put the dispatcher in front of the Quart application's ASGI entry."""
+    app.asgi_app = SolutionDispatcher(app.asgi_app, runtime)

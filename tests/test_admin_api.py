@@ -559,7 +559,6 @@ async def test_routes_follow_a_new_version_of_a_script(engine: Engine) -> None:
         ("POST", "/engine/unknown"),
         ("GET", "/engine"),
         ("DELETE", "/engine/scripts/extra"),
-        ("GET", "/engine/upsert_script"),
     ],
 )
 async def test_unknown_engine_paths_are_404_json(engine: Engine, method: str, path: str) -> None:
@@ -572,6 +571,15 @@ async def test_unknown_engine_paths_are_404_json(engine: Engine, method: str, pa
     assert body["status"] == 404
     assert body["error"]["code"] == "NOT_FOUND"
     assert body["error"]["path"] == path
+
+
+async def test_a_known_engine_endpoint_under_the_wrong_method_is_405_json(engine: Engine) -> None:
+    response = await engine.client.get("/engine/upsert_script")
+
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/json"
+    assert "POST" in response.headers["allow"]
+    assert response.json()["error"] == "Method Not Allowed"
 
 
 async def test_engine_paths_are_not_dispatched_to_scripts(engine: Engine) -> None:
