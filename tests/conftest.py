@@ -33,7 +33,9 @@ from engine.app import create_app
 from engine.config import Config, load_config
 from engine.runtime import EngineRuntime
 
-WORKER_MARK = "engine.sandbox._worker"
+# Sandbox processes: workers started directly, the zygote, and the workers it forks (which
+# carry the zygote's command line).
+SANDBOX_MARK = "engine.sandbox._"
 
 
 def make_config(data_dir: Path, **overrides: Any) -> Config:
@@ -154,11 +156,7 @@ class EngineProcess:
         return self.log_path.read_text("utf-8", "replace")
 
     def worker_pids(self) -> list[int]:
-        return [
-            pid
-            for pid, cmd, ppid in _processes()
-            if ppid == self.process.pid and WORKER_MARK in cmd
-        ]
+        return sandbox_pids(self.process.pid)
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
@@ -205,18 +203,28 @@ def _processes() -> list[tuple[int, str, int]]:
     return found
 
 
+def sandbox_pids(parent: int) -> list[int]:
+    """Live (not zombie) sandbox processes below ``parent``: its children and theirs."""
+    table = _processes()
+    found: list[int] = []
+    frontier = {parent}
+    while frontier:
+        children = {pid for pid, cmd, ppid in table if ppid in frontier and SANDBOX_MARK in cmd}
+        found.extend(children)
+        frontier = children
+    live = []
+    for pid in found:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            live.append(pid)
+    return sorted(live)
+
+
 def live_worker_pids(parent: int | None = None) -> list[int]:
-    parent = os.getpid() if parent is None else parent
-    pids = []
-    for pid, cmd, ppid in _processes():
-        if ppid == parent and WORKER_MARK in cmd:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z":
-                pids.append(pid)
-    return pids
+    return sandbox_pids(os.getpid() if parent is None else parent)
 
 
 @pytest.fixture(autouse=True)

@@ -138,7 +138,7 @@ def test_workers_die_within_two_seconds_of_a_sigkilled_server(
         upsert(client, "https://t/warm", routed(7, "warm"))
         assert client.get("/d/7").text == "script 7 warm"
     workers = server.worker_pids()
-    assert len(workers) == 3, "two in service and one warm spare"
+    assert len(workers) == 4, "the worker factory, two in service and one warm spare"
 
     kill_9(server)
 

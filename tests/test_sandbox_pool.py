@@ -10,9 +10,11 @@ import hashlib
 import itertools
 import json
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -684,3 +686,47 @@ async def test_the_host_hears_how_every_invocation_ended_even_without_its_caller
     assert ok.finished == [None]
     assert [type(error) for error in failing.finished] == [ScriptFailed]
     assert abandoned.finished == [None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker factory
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def command_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+async def test_workers_are_forked_by_the_factory_and_replacements_too() -> None:
+    async with running_pool(size=1, warm_spares=0) as pool:
+        (first,) = pool.worker_pids()
+        factory = parent_of(first)
+        assert factory != os.getpid()
+        assert "engine.sandbox._zygote" in command_of(factory)
+        with pytest.raises(ScriptTimeout):
+            await pool.invoke(invocation(RUNAWAY, timeout_ms=200))
+        await wait_until(lambda: pool.stats().live == 1 and pool.worker_pids() != [first])
+        (second,) = pool.worker_pids()
+        assert parent_of(second) == factory
+        assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"
+
+
+async def test_without_the_factory_workers_are_started_directly() -> None:
+    async with running_pool(size=1, warm_spares=0) as pool:
+        (first,) = pool.worker_pids()
+        os.kill(parent_of(first), signal.SIGKILL)  # the factory dies; its worker follows
+        await wait_until(lambda: pool.stats().live == 1 and pool.worker_pids() != [first])
+        (replacement,) = pool.worker_pids()
+        assert parent_of(replacement) == os.getpid()
+        assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"
+
+
+async def test_the_factory_can_be_turned_off() -> None:
+    async with running_pool(size=1, warm_spares=0, use_zygote=False) as pool:
+        (pid,) = pool.worker_pids()
+        assert parent_of(pid) == os.getpid()
+        assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"

@@ -43,7 +43,14 @@ from engine.sandbox._frames import (
     NeedSource,
     Result,
 )
-from engine.sandbox._process import WorkerGone, WorkerLimits, WorkerProcess, start_worker
+from engine.sandbox._process import (
+    WorkerGone,
+    WorkerLimits,
+    WorkerProcess,
+    Zygote,
+    ZygoteUnavailable,
+    start_worker,
+)
 
 log = structlog.get_logger("aiwebengine.sandbox")
 
@@ -82,6 +89,8 @@ class PoolSettings:
     # short handlers keep their latency next to a runaway (0 disables).
     deprioritize_after_ms: int = 200
     low_priority_nice: int = 10
+    # Fork workers from a pre-started factory process instead of starting Python each time.
+    use_zygote: bool = True
 
 
 @attrs.frozen
@@ -171,6 +180,7 @@ class SandboxPool:
         self._restarts = 0
         self._closing = False
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._zygote: Zygote | None = None
         self._ids = itertools.count(1)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -180,6 +190,7 @@ class SandboxPool:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await self._start_zygote()
                 wanted = self.settings.size + self.settings.warm_spares
                 async with trio.open_nursery() as starters:
                     for index in range(wanted):
@@ -192,6 +203,8 @@ class SandboxPool:
         finally:
             with trio.CancelScope(shield=True):
                 await self._kill_all()
+                if self._zygote is not None:
+                    await self._zygote.aclose()
 
     async def _deprioritize_long_runs(self) -> None:
         """Lower the CPU priority of workers stuck in one invocation.
@@ -249,17 +262,37 @@ class SandboxPool:
                 await worker.process.wait()
                 self._live.discard(worker)
 
+    def _limits(self) -> WorkerLimits:
+        s = self.settings
+        return WorkerLimits(
+            memory_limit_bytes=s.memory_limit_bytes,
+            stack_limit_bytes=s.stack_limit_bytes,
+            address_space_bytes=s.address_space_bytes,
+            context_cache_size=s.context_cache_size,
+        )
+
+    async def _start_zygote(self) -> None:
+        if not self.settings.use_zygote:
+            return
+        try:
+            self._zygote = await Zygote.start(self._limits(), python=self._python)
+        except OSError as exc:
+            log.warning(
+                "sandbox worker factory unavailable; starting workers directly", error=str(exc)
+            )
+
     async def _start_worker(self) -> WorkerProcess:
         s = self.settings
+        zygote = self._zygote
+        if zygote is not None and zygote.alive:
+            try:
+                return await zygote.spawn(s.context_cache_size, s.worker_start_timeout_s)
+            except ZygoteUnavailable as exc:
+                log.warning(
+                    "sandbox worker factory failed; starting workers directly", error=str(exc)
+                )
         return await start_worker(
-            WorkerLimits(
-                memory_limit_bytes=s.memory_limit_bytes,
-                stack_limit_bytes=s.stack_limit_bytes,
-                address_space_bytes=s.address_space_bytes,
-                context_cache_size=s.context_cache_size,
-            ),
-            python=self._python,
-            start_timeout_s=s.worker_start_timeout_s,
+            self._limits(), python=self._python, start_timeout_s=s.worker_start_timeout_s
         )
 
     async def _add_worker(self, as_spare: bool) -> None:

@@ -7,12 +7,17 @@ What the pool does with workers -- lending, deadlines, replacement -- lives in `
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
+import signal
+import socket
+import struct
 import subprocess
 import sys
 from collections import OrderedDict, deque
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import trio
@@ -22,6 +27,52 @@ from engine.sandbox._frames import Frame, FrameDecoder, FrameError, Ready, encod
 # The directory holding the ``engine`` package: workers must import the same code as the
 # parent even when it runs from a checkout that is not installed.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_PID = struct.Struct("!q")  # the zygote's answer: the forked worker's pid, or -1
+
+
+class ChildProcess(Protocol):
+    """What the pool needs of a worker's process, however it was started."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> object: ...
+
+
+class ForkedChild:
+    """A worker forked by the zygote: not our child, so it is watched through a pidfd."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._pidfd: int | None = os.pidfd_open(pid)
+        self._exited = False
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        # The exit status belongs to the zygote (its parent); we only know that it exited.
+        return -1 if self._exited else None
+
+    def kill(self) -> None:
+        if self._pidfd is not None and not self._exited:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    async def wait(self) -> object:
+        if self._pidfd is not None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+            self._exited = True
+            fd, self._pidfd = self._pidfd, None
+            os.close(fd)
+        return self.returncode
 
 
 @attrs.frozen
@@ -39,11 +90,16 @@ class WorkerGone(Exception):
 class WorkerProcess:
     """The parent's handle on one worker process."""
 
-    def __init__(self, process: trio.Process, cache_size: int) -> None:
+    def __init__(
+        self,
+        process: ChildProcess,
+        cache_size: int,
+        stdin: trio.abc.SendStream,
+        stdout: trio.abc.ReceiveStream,
+    ) -> None:
         self.process = process
-        assert process.stdin is not None and process.stdout is not None
-        self._stdin = process.stdin
-        self._stdout = process.stdout
+        self._stdin = stdin
+        self._stdout = stdout
         self._decoder = FrameDecoder()
         self._pending: deque[Frame] = deque()
         self.dead = False
@@ -96,11 +152,13 @@ class WorkerProcess:
                 self.process.kill()
 
 
-def worker_command(limits: WorkerLimits, *, python: str = sys.executable) -> list[str]:
+def worker_command(
+    limits: WorkerLimits, *, python: str = sys.executable, module: str = "engine.sandbox._worker"
+) -> list[str]:
     return [
         python,
         "-m",
-        "engine.sandbox._worker",
+        module,
         "--parent-pid",
         str(os.getpid()),
         "--memory-limit",
@@ -126,7 +184,13 @@ async def start_worker(
         stdout=subprocess.PIPE,
         env=env,
     )
-    worker = WorkerProcess(process, limits.context_cache_size)
+    assert process.stdin is not None and process.stdout is not None
+    worker = WorkerProcess(process, limits.context_cache_size, process.stdin, process.stdout)
+    return await _greeted(worker, start_timeout_s)
+
+
+async def _greeted(worker: WorkerProcess, start_timeout_s: float) -> WorkerProcess:
+    """Wait for the worker's ``Ready``; kill it (and reap it) if it does not come."""
     try:
         with trio.fail_after(start_timeout_s):
             frame = await worker.receive()
@@ -135,6 +199,102 @@ async def start_worker(
     except BaseException:
         worker.kill()
         with trio.CancelScope(shield=True):
-            await process.wait()
+            await worker.process.wait()
         raise
     return worker
+
+
+class Zygote:
+    """The parent's side of the worker factory (see ``_zygote``).
+
+    ``spawn`` asks for a forked worker; :class:`ZygoteUnavailable` means the factory is gone
+    and the caller should start a worker the slow way.
+    """
+
+    def __init__(self, process: trio.Process, sock: trio.socket.SocketType) -> None:
+        self._process = process
+        self._sock = sock
+        self._lock = trio.Lock()
+        self.alive = True
+
+    @classmethod
+    async def start(cls, limits: WorkerLimits, *, python: str = sys.executable) -> Zygote:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")])
+            )
+            command = worker_command(limits, python=python, module="engine.sandbox._zygote")
+            process = await trio.lowlevel.open_process(
+                [*command, "--socket-fd", str(child_end.fileno())],
+                pass_fds=(child_end.fileno(),),
+                env=env,
+            )
+        finally:
+            child_end.close()
+        return cls(process, trio.socket.from_stdlib_socket(parent_end))
+
+    async def spawn(self, cache_size: int, start_timeout_s: float) -> WorkerProcess:
+        worker_in, to_worker = os.pipe()
+        from_worker, worker_out = os.pipe()
+        try:
+            async with self._lock:
+                try:
+                    with trio.fail_after(start_timeout_s):
+                        await self._sock.sendmsg(
+                            [b"spawn"],
+                            [
+                                (
+                                    socket.SOL_SOCKET,
+                                    socket.SCM_RIGHTS,
+                                    array.array("i", [worker_in, worker_out]),
+                                )
+                            ],
+                        )
+                        reply = await self._receive_exactly(_PID.size)
+                except (OSError, trio.TooSlowError, EOFError) as exc:
+                    self.alive = False
+                    raise ZygoteUnavailable(str(exc)) from exc
+        except BaseException:
+            for fd in (to_worker, from_worker):
+                os.close(fd)
+            raise
+        finally:
+            os.close(worker_in)
+            os.close(worker_out)
+        (pid,) = _PID.unpack(reply)
+        if pid <= 0:
+            for fd in (to_worker, from_worker):
+                os.close(fd)
+            raise ZygoteUnavailable("the zygote refused to fork")
+        worker = WorkerProcess(
+            ForkedChild(pid),
+            cache_size,
+            trio.lowlevel.FdStream(to_worker),
+            trio.lowlevel.FdStream(from_worker),
+        )
+        return await _greeted(worker, start_timeout_s)
+
+    async def _receive_exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = await self._sock.recv(size - len(data))
+            if not chunk:
+                raise EOFError("the zygote closed its socket")
+            data += chunk
+        return data
+
+    async def aclose(self) -> None:
+        self.alive = False
+        self._sock.close()
+        with trio.move_on_after(2):
+            await self._process.wait()
+        if self._process.returncode is None:
+            self._process.kill()
+            with trio.CancelScope(shield=True):
+                await self._process.wait()
+
+
+class ZygoteUnavailable(Exception):
+    """The worker factory cannot fork any more; start workers directly."""

@@ -265,26 +265,29 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="aiwebengine-sandbox-worker")
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--memory-limit", type=int, required=True)
     parser.add_argument("--stack-limit", type=int, required=True)
     parser.add_argument("--address-space", type=int, required=True)
     parser.add_argument("--cache-size", type=int, required=True)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    _die_with_parent(args.parent_pid)
-    # Ctrl-C and service managers signal the whole process group; the parent decides when we
-    # stop (and kills us when it goes), so a signal must not cut short a request being drained.
+
+def ignore_group_signals() -> None:
+    """Ctrl-C and service managers signal the whole process group; the engine decides when
+    sandbox processes stop (and they go when it goes), so a signal must not cut short a
+    request being drained."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
 
-    fd_in, fd_out = os.dup(0), os.dup(1)
-    # Nothing but frames may reach the parent's pipe: stray prints go to stderr.
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+
+def run_worker(args: argparse.Namespace, fd_in: int, fd_out: int) -> int:
+    """Serve frames on ``fd_in``/``fd_out`` until the parent closes the pipe; the exit status."""
+    _die_with_parent(args.parent_pid)
+    ignore_group_signals()
+    resource.setrlimit(resource.RLIMIT_AS, (args.address_space, args.address_space))
     channel = FrameChannel(fd_in, fd_out)
     worker = Worker(
         channel,
@@ -296,7 +299,17 @@ def main(argv: list[str] | None = None) -> None:
         worker.serve()
     except (FrameError, ProtocolViolation, BrokenPipeError) as exc:
         print(f"sandbox worker {os.getpid()}: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    fd_in, fd_out = os.dup(0), os.dup(1)
+    # Nothing but frames may reach the parent's pipe: stray prints go to stderr.
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    sys.exit(run_worker(args, fd_in, fd_out))
 
 
 if __name__ == "__main__":
