@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import resource
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -162,46 +163,61 @@ def start_static(log_dir: Path) -> ServerProcess:
 
 
 def worker_start_cost(samples: int = 3) -> tuple[float, float]:
-    """Median (CPU seconds, wall seconds) for one sandbox worker to start and greet its parent.
+    """Median (CPU seconds, wall seconds) for one replacement worker to be ready.
 
-    The worker is started with the command line the pool uses and stopped by closing its input,
-    as the pool does on shutdown; this is what each replacement of a killed worker costs.
+    Measured the way the pool makes replacements: a worker factory (``engine.sandbox._zygote``)
+    is started once, then asked to fork a worker, whose greeting is awaited; the CPU is what
+    the forked worker itself used up to that point (from ``/proc``).
     """
-    command = [
-        sys.executable,
-        "-m",
-        "engine.sandbox._worker",
-        "--parent-pid",
-        str(os.getpid()),
-        "--memory-limit",
-        str(64 * 1024 * 1024),
-        "--stack-limit",
-        str(1024 * 1024),
-        "--address-space",
-        str(2 * 1024 * 1024 * 1024),
-        "--cache-size",
-        "32",
-    ]
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    factory = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "engine.sandbox._zygote",
+            "--socket-fd",
+            str(child_end.fileno()),
+            "--parent-pid",
+            str(os.getpid()),
+            "--memory-limit",
+            str(64 * 1024 * 1024),
+            "--stack-limit",
+            str(1024 * 1024),
+            "--address-space",
+            str(2 * 1024 * 1024 * 1024),
+            "--cache-size",
+            "32",
+        ],
+        cwd=REPO_ROOT,
+        pass_fds=(child_end.fileno(),),
+        env=_clean_env(),
+    )
+    child_end.close()
+    ticks = os.sysconf("SC_CLK_TCK")
     cpu: list[float] = []
     wall: list[float] = []
-    for _ in range(samples):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.monotonic()
-        worker = subprocess.Popen(
-            command, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_clean_env()
-        )
-        try:
-            assert worker.stdout is not None and worker.stdin is not None
-            worker.stdout.read(1)  # the first byte of its Ready frame
+    try:
+        for _ in range(samples):
+            worker_in, to_worker = os.pipe()
+            from_worker, worker_out = os.pipe()
+            started = time.monotonic()
+            socket.send_fds(parent_end, [b"spawn"], [worker_in, worker_out])
+            os.close(worker_in)
+            os.close(worker_out)
+            (pid,) = struct.unpack("!q", parent_end.recv(8))
+            os.read(from_worker, 1)  # the first byte of its Ready frame
             wall.append(time.monotonic() - started)
-            worker.stdin.close()
-            worker.wait(10)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait(5)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu.append((int(fields[11]) + int(fields[12])) / ticks)
+            os.close(to_worker)  # the worker exits when its input closes
+            os.close(from_worker)
+    finally:
+        parent_end.close()
+        try:
+            factory.wait(5)
+        except subprocess.TimeoutExpired:
+            factory.kill()
+            factory.wait(5)
     return statistics.median(cpu), statistics.median(wall)
 
 
