@@ -730,3 +730,13 @@ async def test_the_factory_can_be_turned_off() -> None:
         (pid,) = pool.worker_pids()
         assert parent_of(pid) == os.getpid()
         assert text_of(await pool.invoke(invocation(HEALTHY))) == "ok"
+
+
+async def test_a_long_invocation_runs_under_the_idle_scheduling_policy_until_it_ends() -> None:
+    async with running_pool(deprioritize_after_ms=100) as pool:
+        (pid,) = pool.worker_pids()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.invoke, invocation(SLOW, timeout_ms=10_000))
+            await wait_until(lambda: os.sched_getscheduler(pid) == os.SCHED_IDLE)
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        assert nice_of(pid) == 0

@@ -211,7 +211,8 @@ class SandboxPool:
 
         A runaway burns a CPU until its deadline.  On a small machine a handful of them would
         otherwise take the CPU from every short handler (and from this process); at a high
-        nice value the kernel gives them only what the others leave.  The worker gets its
+        nice value under the SCHED_IDLE policy the kernel gives them only what the others
+        leave.  The worker gets its
         priority back when the invocation ends (see :meth:`_restore_priority`).
         """
         threshold = self.settings.deprioritize_after_ms / 1000
@@ -228,14 +229,19 @@ class SandboxPool:
                     except OSError:
                         continue  # already gone; its monitor deals with it
                     worker.niced = True
+                    # SCHED_IDLE: run only on CPU nobody else wants.  A nice value alone still
+                    # lets a spinner take turns with the server process on a small machine.
+                    with contextlib.suppress(OSError):
+                        os.sched_setscheduler(worker.pid, os.SCHED_IDLE, os.sched_param(0))
 
     def _restore_priority(self, worker: WorkerProcess) -> bool:
         """Put a deprioritized worker back at normal priority; False if not permitted.
 
         Raising a priority again needs CAP_SYS_NICE; without it the worker is retired and
-        replaced instead (one process start, only after a long invocation).
+        replaced instead (a fork from the worker factory, only after a long invocation).
         """
         try:
+            os.sched_setscheduler(worker.pid, os.SCHED_OTHER, os.sched_param(0))
             os.setpriority(os.PRIO_PROCESS, worker.pid, 0)
         except PermissionError:
             return False
