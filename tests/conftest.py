@@ -70,6 +70,13 @@ class Engine:
         payload: dict[str, Any] = response.json()
         return payload
 
+    async def logs(self, **params: str) -> list[dict[str, Any]]:
+        """``GET /engine/script_logs`` with these filters; the entries."""
+        response = await self.client.get("/engine/script_logs", params=params)
+        assert response.status_code == 200, response.text
+        entries: list[dict[str, Any]] = response.json()["logs"]
+        return entries
+
 
 @asynccontextmanager
 async def running_engine(

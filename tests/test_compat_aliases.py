@@ -9,19 +9,10 @@ a script's top level serve even when the script has no ``init()``.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from tests.conftest import Engine
-
-
-async def logs_of(engine: Engine, **params: str) -> list[dict[str, Any]]:
-    response = await engine.client.get("/engine/script_logs", params=params)
-    assert response.status_code == 200, response.text
-    logs: list[dict[str, Any]] = response.json()["logs"]
-    return logs
-
 
 # ---------------------------------------------------------------------------------------------
 # register(path, handler, method?)
@@ -51,7 +42,7 @@ async def test_register_returns_undefined_and_registers_get_by_default(engine: E
     created = await engine.client.post("/v09/items", data={"name": "widget"})
     assert created.text == "create widget"
 
-    lines = await logs_of(engine, uri="v09-register.js", kind="init", level="LOG")
+    lines = await engine.logs(uri="v09-register.js", kind="init", level="LOG")
     assert [line["message"] for line in lines] == [
         "register returned undefined undefined undefined"
     ]
@@ -154,7 +145,7 @@ async def test_write_log_writes_a_log_line_and_returns_the_upstream_message(flat
     assert response.status_code == 200
     assert response.text == "Log written successfully"
 
-    lines = await logs_of(flat, request_id=response.headers["x-request-id"])
+    lines = await flat.logs(request_id=response.headers["x-request-id"])
     assert [(line["level"], line["message"]) for line in lines] == [("LOG", "visited by ada")]
     assert lines[0]["scriptUri"] == "v09-flat.js"
     assert lines[0]["kind"] == "httpRoute"
@@ -181,7 +172,7 @@ async def test_console_formats_several_non_string_arguments_into_one_line(flat: 
     response = await flat.client.get("/v09/chatty")
     assert response.text == "said"
     # Filtered to one script, the log lists oldest first.
-    lines = await logs_of(flat, uri="v09-flat.js", request_id=response.headers["x-request-id"])
+    lines = await flat.logs(uri="v09-flat.js", request_id=response.headers["x-request-id"])
     assert [(line["level"], line["message"]) for line in lines] == [
         ("LOG", 'count 3 {"a":1} [1,"two"] null undefined true'),
         ("WARN", "warned 1.5"),
@@ -199,7 +190,7 @@ async def test_v09_init_reads_script_name_timestamp_and_is_startup_directly(
         " + context.isStartup);\n"
         "}",
     )
-    lines = await logs_of(engine, uri="v09-init.js", kind="init", level="LOG")
+    lines = await engine.logs(uri="v09-init.js", kind="init", level="LOG")
     assert [line["message"] for line in lines] == ["v09-init.js number false"]
 
 

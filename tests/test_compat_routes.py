@@ -45,13 +45,6 @@ async def init_status(engine: Engine, uri: str) -> Any:
     return response.json()["status"]
 
 
-async def script_logs(engine: Engine, **params: str) -> list[dict[str, Any]]:
-    response = await engine.client.get("/engine/script_logs", params=params)
-    assert response.status_code == 200, response.text
-    logs: list[dict[str, Any]] = response.json()["logs"]
-    return logs
-
-
 # ---------------------------------------------------------------------------------------------
 # Serving: methods, HEAD, 404/405, the root redirect
 
@@ -218,7 +211,7 @@ async def test_registering_during_init_answers_the_upstream_message_and_the_last
 ) -> None:
     await engine.deploy("phase.js", PHASE_SCRIPT)
 
-    lines = await script_logs(engine, uri="phase.js", kind="init", level="LOG")
+    lines = await engine.logs(uri="phase.js", kind="init", level="LOG")
     assert [line["message"] for line in lines] == [
         "Route 'GET /register-now' registered to handler 'late'",
         "Route 'GET /default-method' registered to handler 'first'",
@@ -276,7 +269,7 @@ async def test_reserved_prefixes_throw_during_init_and_inside_handlers(engine: E
 
     init_lines = [
         entry["message"]
-        for entry in await script_logs(engine, uri="reserved.js", kind="init")
+        for entry in await engine.logs(uri="reserved.js", kind="init")
         if entry["level"] == "LOG"
     ]
     assert init_lines == [f"init {reserved_message(path)}" for path in RESERVED_PATHS]
@@ -366,7 +359,7 @@ async def test_a_broken_redeploy_keeps_the_old_routes_and_records_the_init_error
     assert "database not ready" in after["initError"]
     assert after["lastInitTime"] >= before["lastInitTime"]
 
-    fatal = await script_logs(engine, uri="life.js", level="FATAL")
+    fatal = await engine.logs(uri="life.js", level="FATAL")
     assert len(fatal) == 1
     assert "database not ready" in fatal[0]["message"]
     assert fatal[0]["kind"] == "init"
@@ -414,7 +407,7 @@ function init(context) {
 
 
 async def init_contexts(engine: Engine) -> list[dict[str, Any]]:
-    lines = await script_logs(engine, uri="init-context.js", kind="init", level="LOG")
+    lines = await engine.logs(uri="init-context.js", kind="init", level="LOG")
     return [json.loads(line["message"]) for line in lines]
 
 

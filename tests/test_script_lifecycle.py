@@ -33,13 +33,6 @@ async def eventually(check: Callable[[], Awaitable[Any]], within_s: float = 10.0
             await trio.sleep(0.1)
 
 
-async def logs_for(engine: Engine, **params: str) -> list[dict[str, Any]]:
-    response = await engine.client.get("/engine/script_logs", params=params)
-    assert response.status_code == 200
-    logs: list[dict[str, Any]] = response.json()["logs"]
-    return logs
-
-
 async def test_lines_logged_after_the_client_hung_up_are_kept(engine: Engine) -> None:
     await engine.deploy("late", LATE_LOGGER)
     async with httpx.AsyncClient(base_url=engine.base_url, timeout=0.2) as impatient:
@@ -47,7 +40,7 @@ async def test_lines_logged_after_the_client_hung_up_are_kept(engine: Engine) ->
             await impatient.get("/slow")
 
     async def late_messages() -> list[str]:
-        messages = [entry["message"] for entry in await logs_for(engine, uri="late")]
+        messages = [entry["message"] for entry in await engine.logs(uri="late")]
         return messages if "still here after the client left" in messages else []
 
     messages = await eventually(late_messages)
@@ -66,7 +59,7 @@ async def test_a_timeout_after_the_client_hung_up_still_writes_its_fatal_line(
         async with httpx.AsyncClient(base_url=engine.base_url, timeout=0.1) as impatient:
             with suppress(httpx.TimeoutException):
                 await impatient.get("/spin")
-        fatal = await eventually(lambda: logs_for(engine, uri="spin", level="FATAL"))
+        fatal = await eventually(lambda: engine.logs(uri="spin", level="FATAL"))
         assert "exceeded its 600ms budget" in fatal[0]["message"]
 
 
