@@ -37,6 +37,8 @@ from engine.http_contract import HttpResponse, ScriptResponseError, response_fro
 from engine.logs import LogService, now_ms
 from engine.routing import MatchResult, Route, RouteMatch, RouteTable, reserved_prefix_of
 from engine.sandbox import Invocation, SandboxPool
+from engine.script_storage import METHODS as STORAGE_METHODS
+from engine.script_storage import ScriptStorageApi
 from engine.storage import Database, NewLogEntry, StoredScript
 
 log = structlog.get_logger("aiwebengine.scripts")
@@ -121,8 +123,14 @@ class _InvocationHost:
         kind: str,
         route: str | None,
         registering: bool,
+        storage: ScriptStorageApi,
+        user_id: str | None = None,
     ) -> None:
         self.script_uri = script_uri
+        self.storage = storage
+        # The caller's identity for personalStorage; None is anonymous (the only kind of
+        # caller until login exists: the login work fills this seam).
+        self.user_id = user_id
         self.request_id = request_id
         self.kind = kind
         self.route = route
@@ -167,6 +175,10 @@ class _InvocationHost:
     async def call(self, name: str, args: list[Any]) -> Any:
         if name == "routeRegistry.registerRoute":
             return self.register_route(*_pad(args, 4))
+        if name in STORAGE_METHODS:
+            return await self.storage.call(
+                name, args, script_uri=self.script_uri, user_id=self.user_id
+            )
         raise HostCallError(f"{name} is not available in this engine version")
 
     def register_route(self, path: Any, handler: Any, method: Any, metadata: Any) -> str:
@@ -228,6 +240,7 @@ class ScriptService:
         self._database = database
         self._pool = pool
         self._logs = logs
+        self._storage = ScriptStorageApi(database.storage)
         self.settings = settings
         self._loaded: dict[str, LoadedScript] = {}
         self._table = RouteTable.build({})
@@ -334,7 +347,12 @@ class ScriptService:
         """
         request_id = f"init_{now_ms()}_{next(self._ids)}"
         host = _InvocationHost(
-            script_uri=stored.uri, request_id=request_id, kind="init", route=None, registering=True
+            script_uri=stored.uri,
+            request_id=request_id,
+            kind="init",
+            route=None,
+            registering=True,
+            storage=self._storage,
         )
         context: dict[str, Any] = {
             "kind": "init",
@@ -419,6 +437,7 @@ class ScriptService:
         script: LoadedScript,
         request: dict[str, Any],
         request_id: str,
+        user_id: str | None = None,
     ) -> HttpResponse:
         """Run the matched handler; raises an ``engine.errors`` value on any script failure."""
         route = match.route
@@ -428,6 +447,8 @@ class ScriptService:
             kind="httpRoute",
             route=route.path,
             registering=False,
+            storage=self._storage,
+            user_id=user_id,
         )
         context: dict[str, Any] = {
             "kind": "httpRoute",

@@ -101,6 +101,43 @@
   };
   Object.freeze(routeRegistry);
 
+  // Values are strings; other values are accepted and stored as text (objects as JSON), where
+  // the original threw a conversion error.
+  function storedText(value) {
+    if (typeof value === "string") return wellFormed(value);
+    if (value === undefined) return "undefined";
+    if (value !== null && typeof value === "object") {
+      try {
+        const text = JSON.stringify(value);
+        if (text !== undefined) return wellFormed(text);
+      } catch (e) {
+        // fall through to String()
+      }
+    }
+    return wellFormed(String(value));
+  }
+
+  function keyText(key) {
+    return key === undefined || key === null ? "" : wellFormed(String(key));
+  }
+
+  function keyValueStorage(area) {
+    return Object.freeze({
+      getItem: function (key) {
+        return hostCall(area + ".getItem", [keyText(key)]);
+      },
+      setItem: function (key, value) {
+        return hostCall(area + ".setItem", [keyText(key), storedText(value)]);
+      },
+      removeItem: function (key) {
+        return hostCall(area + ".removeItem", [keyText(key)]);
+      },
+      clear: function () {
+        return hostCall(area + ".clear", []);
+      },
+    });
+  }
+
   const ResponseBuilder = Object.freeze({
     json: function (data, status) {
       return { status: status === undefined ? 200 : status, body: JSON.stringify(data), contentType: "application/json" };
@@ -134,6 +171,8 @@
   define("console", consoleObject);
   define("routeRegistry", routeRegistry);
   define("ResponseBuilder", ResponseBuilder);
+  define("sharedStorage", keyValueStorage("sharedStorage"));
+  define("personalStorage", keyValueStorage("personalStorage"));
   // v0.9 flat aliases.
   define("register", function (path, handler, method) {
     routeRegistry.registerRoute(path, handler, method);

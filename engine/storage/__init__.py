@@ -1,17 +1,19 @@
 """The database: schema, migrations and the repositories the engine stores through.
 
-``Database.open(url)`` connects (SQLite in WAL mode by default, PostgreSQL by URL), migrates to
-the newest revision and exposes ``scripts`` and ``logs`` repositories.  Every call runs in a
-worker thread behind one circuit breaker and raises ``engine.errors.StorageUnavailable`` when
-the database fails or the breaker is open.  ``migrate(url)`` is the same upgrade, blocking, for
-the command line.
+``Database.open(url)`` connects (SQLite in WAL mode by default, PostgreSQL by URL), migrates
+to the newest revision and exposes ``scripts``, ``logs`` and ``storage`` repositories.  Every
+call runs in a worker thread behind one circuit breaker and raises
+``engine.errors.StorageUnavailable`` when the database fails or the breaker is open.
+``migrate(url)`` is the same upgrade, blocking, for the command line.
 
 Implementation: ``_tables`` (schema), ``_runner`` (threads, transactions, breaker),
-``_database`` (engine, SQLite settings, migrations), ``_scripts`` and ``_logs``
-(repositories); ``migrations/`` holds the Alembic environment.
+``_database`` (engine, SQLite settings, migrations), ``_scripts``, ``_logs`` and ``_kv``
+(repositories; ``_kv`` backs the scripts' shared and personal storage); ``migrations/`` holds
+the Alembic environment.
 """
 
 from engine.storage._database import Database, migrate
+from engine.storage._kv import SHARED, KeyValueRepository
 from engine.storage._logs import (
     MAX_CONTAINS_LENGTH,
     LogEntry,
@@ -23,7 +25,9 @@ from engine.storage._scripts import ScriptRepository, StoredScript, UpsertOutcom
 
 __all__ = [
     "MAX_CONTAINS_LENGTH",
+    "SHARED",
     "Database",
+    "KeyValueRepository",
     "LogEntry",
     "LogQuery",
     "LogRepository",

@@ -57,3 +57,17 @@ script_logs = sa.Table(
     # cleared; live-tail readers resume "after seq N" and would otherwise miss new entries.
     sqlite_autoincrement=True,
 )
+
+# sharedStorage and personalStorage: one namespace per script, and per (script, user).  The
+# shared namespace is the empty user id, which no real user id can be.
+SHARED: str = ""
+
+script_storage = sa.Table(
+    "script_storage",
+    metadata,
+    sa.Column("script_uri", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
