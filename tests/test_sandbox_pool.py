@@ -740,3 +740,11 @@ async def test_a_long_invocation_runs_under_the_idle_scheduling_policy_until_it_
             await wait_until(lambda: os.sched_getscheduler(pid) == os.SCHED_IDLE)
         assert os.sched_getscheduler(pid) == os.SCHED_OTHER
         assert nice_of(pid) == 0
+
+
+async def test_a_console_line_keeps_characters_after_a_nul() -> None:
+    host = FakeHost()
+    source = 'function h() { console.log("before\\u0000after"); return "ok"; }'
+    async with running_pool() as pool:
+        assert text_of(await pool.invoke(invocation(source, host=host))) == "ok"
+    assert [line[1] for line in host.lines] == ["before\x00after"]

@@ -149,9 +149,11 @@ class Worker:
     def log(self, level: Any, message: Any) -> None:
         if self._invocation_id is None:
             return
-        self.channel.send(
-            Log(self._invocation_id, str(level), str(message), int(time.time() * 1000))
-        )
+        try:
+            text = json.loads(message)  # the prelude sends the line as a JSON string
+        except (TypeError, ValueError):
+            text = message
+        self.channel.send(Log(self._invocation_id, str(level), str(text), int(time.time() * 1000)))
 
     # -- invocations ---------------------------------------------------------------------
 

@@ -46,7 +46,8 @@
     return function () {
       const parts = [];
       for (let i = 0; i < arguments.length; i++) parts.push(formatArg(arguments[i]));
-      emitLog(level, wellFormed(parts.join(" ")));
+      // As JSON text: the bridge would cut a raw string at its first NUL character.
+      emitLog(level, JSON.stringify(wellFormed(parts.join(" "))));
       return "Log written successfully";
     };
   }
@@ -138,6 +139,131 @@
     });
   }
 
+  // -- base64 of UTF-8 (btoa/atob as the original: UTF-8 bytes, not Latin-1) --------------
+  const B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  const B64_INDEX = {};
+  for (let i = 0; i < B64.length; i++) B64_INDEX[B64[i]] = i;
+
+  function utf8Bytes(text) {
+    const bytes = [];
+    for (const ch of wellFormed(text)) {
+      const c = ch.codePointAt(0);
+      if (c < 0x80) bytes.push(c);
+      else if (c < 0x800) bytes.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+      else if (c < 0x10000) bytes.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      else bytes.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    }
+    return bytes;
+  }
+
+  const NOT_UTF8 = "atob(): the decoded bytes are not valid UTF-8";
+
+  function utf8Text(bytes) {
+    let out = "";
+    let i = 0;
+    while (i < bytes.length) {
+      const b = bytes[i];
+      let need;
+      let c;
+      if (b < 0x80) { need = 0; c = b; }
+      else if (b >= 0xc2 && b < 0xe0) { need = 1; c = b & 0x1f; }
+      else if (b >= 0xe0 && b < 0xf0) { need = 2; c = b & 0x0f; }
+      else if (b >= 0xf0 && b < 0xf5) { need = 3; c = b & 0x07; }
+      else throw new Error(NOT_UTF8);
+      if (i + need >= bytes.length && need > 0) throw new Error(NOT_UTF8);
+      for (let k = 1; k <= need; k++) {
+        const next = bytes[i + k];
+        if ((next & 0xc0) !== 0x80) throw new Error(NOT_UTF8);
+        c = (c << 6) | (next & 63);
+      }
+      // Overlong forms, surrogates and code points past U+10FFFF are not UTF-8.
+      if ((need === 2 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff))) || (need === 3 && (c < 0x10000 || c > 0x10ffff))) {
+        throw new Error(NOT_UTF8);
+      }
+      out += String.fromCodePoint(c);
+      i += need + 1;
+    }
+    return out;
+  }
+
+  function btoa(text) {
+    if (typeof text !== "string") throw new TypeError("btoa() expects a string parameter");
+    const bytes = utf8Bytes(text);
+    let out = "";
+    for (let i = 0; i < bytes.length; i += 3) {
+      const n = (bytes[i] << 16) | ((bytes[i + 1] || 0) << 8) | (bytes[i + 2] || 0);
+      out += B64[(n >> 18) & 63] + B64[(n >> 12) & 63];
+      out += i + 1 < bytes.length ? B64[(n >> 6) & 63] : "=";
+      out += i + 2 < bytes.length ? B64[n & 63] : "=";
+    }
+    return out;
+  }
+
+  function atob(encoded) {
+    if (typeof encoded !== "string") throw new TypeError("atob() expects a string parameter");
+    const compact = encoded.replace(/[\t\n\f\r ]+/g, "");
+    if (compact.length % 4 === 1 || !/^[A-Za-z0-9+/]*={0,2}$/.test(compact)) {
+      throw new Error("atob(): the input is not valid base64");
+    }
+    const body = compact.replace(/=+$/, "");
+    const bytes = [];
+    let buffer = 0;
+    let bits = 0;
+    for (const ch of body) {
+      buffer = (buffer << 6) | B64_INDEX[ch];
+      bits += 6;
+      if (bits >= 8) {
+        bits -= 8;
+        bytes.push((buffer >> bits) & 0xff);
+      }
+    }
+    return utf8Text(bytes);
+  }
+
+  // -- validation helpers (the original's, undocumented there) ---------------------------
+  function present(value) {
+    return value !== undefined && value !== null && value !== "";
+  }
+
+  function requireFrom(ctx, where, label, name) {
+    const request = ctx && ctx.request;
+    const value = request && request[where] ? request[where][name] : undefined;
+    if (!present(value)) throw new Error("Required " + label + " parameter '" + name + "' is missing or empty");
+    return value;
+  }
+
+  function validateStringWith(value, rules) {
+    rules = rules || {};
+    if (typeof value !== "string") throw new Error("Value must be a string");
+    if (rules.minLength !== undefined && rules.minLength !== null && value.length < rules.minLength) {
+      throw new Error("Value must be at least " + rules.minLength + " characters long");
+    }
+    if (rules.maxLength !== undefined && rules.maxLength !== null && value.length > rules.maxLength) {
+      throw new Error("Value must be at most " + rules.maxLength + " characters long");
+    }
+    if (rules.pattern !== undefined && rules.pattern !== null) {
+      const pattern = rules.pattern instanceof RegExp ? rules.pattern : new RegExp(rules.pattern);
+      if (!pattern.test(value)) throw new Error("Value does not match the required pattern");
+    }
+    return value;
+  }
+
+  function validateNumberWith(value, rules) {
+    rules = rules || {};
+    const number = typeof value === "number" ? value : typeof value === "string" && value.trim() !== "" ? Number(value) : NaN;
+    if (!isFinite(number)) throw new Error("Value must be a number");
+    if (rules.min !== undefined && rules.min !== null && number < rules.min) throw new Error("Value must be at least " + rules.min);
+    if (rules.max !== undefined && rules.max !== null && number > rules.max) throw new Error("Value must be at most " + rules.max);
+    return number;
+  }
+
+  const validate = Object.freeze({
+    requireQueryParam: function (ctx, name) { return requireFrom(ctx, "query", "query", name); },
+    requirePathParam: function (ctx, name) { return requireFrom(ctx, "params", "path", name); },
+    validateString: validateStringWith,
+    validateNumber: validateNumberWith,
+  });
+
   const ResponseBuilder = Object.freeze({
     json: function (data, status) {
       return { status: status === undefined ? 200 : status, body: JSON.stringify(data), contentType: "application/json" };
@@ -171,6 +297,23 @@
   define("console", consoleObject);
   define("routeRegistry", routeRegistry);
   define("ResponseBuilder", ResponseBuilder);
+  define("btoa", btoa);
+  define("atob", atob);
+  define("convert", Object.freeze({ btoa: btoa, atob: atob }));
+  define("validate", validate);
+  define("requireQueryParam", function (name) { return requireFrom(global.context, "query", "query", name); });
+  define("requirePathParam", function (name) { return requireFrom(global.context, "params", "path", name); });
+  define("optionalQueryParam", function (name, fallback) {
+    const request = global.context && global.context.request;
+    const value = request && request.query ? request.query[name] : undefined;
+    return present(value) ? value : fallback === undefined ? null : fallback;
+  });
+  define("validateString", function (value, minLength, maxLength) {
+    return validateStringWith(value, { minLength: minLength, maxLength: maxLength });
+  });
+  define("validateNumber", function (value, min, max) {
+    return validateNumberWith(value, { min: min, max: max });
+  });
   define("sharedStorage", keyValueStorage("sharedStorage"));
   define("personalStorage", keyValueStorage("personalStorage"));
   // v0.9 flat aliases.
