@@ -33,6 +33,8 @@ from engine.errors import (
     StorageUnavailable,
     ValidationError,
 )
+from engine.flat_api import METHODS as FLAT_METHODS
+from engine.flat_api import FlatReadApi
 from engine.http_contract import HttpResponse, ScriptResponseError, response_from_result
 from engine.logs import LogService, now_ms
 from engine.routing import MatchResult, Route, RouteMatch, RouteTable, reserved_prefix_of
@@ -125,9 +127,11 @@ class _InvocationHost:
         registering: bool,
         storage: ScriptStorageApi,
         user_id: str | None = None,
+        flat: FlatReadApi | None = None,
     ) -> None:
         self.script_uri = script_uri
         self.storage = storage
+        self.flat = flat
         # The caller's identity for personalStorage; None is anonymous (the only kind of
         # caller until login exists: the login work fills this seam).
         self.user_id = user_id
@@ -179,6 +183,8 @@ class _InvocationHost:
             return await self.storage.call(
                 name, args, script_uri=self.script_uri, user_id=self.user_id
             )
+        if name in FLAT_METHODS and self.flat is not None:
+            return await self.flat.call(name, args)
         raise HostCallError(f"{name} is not available in this engine version")
 
     def register_route(self, path: Any, handler: Any, method: Any, metadata: Any) -> str:
@@ -241,6 +247,7 @@ class ScriptService:
         self._pool = pool
         self._logs = logs
         self._storage = ScriptStorageApi(database.storage)
+        self._flat = FlatReadApi(database, logs)
         self.settings = settings
         self._loaded: dict[str, LoadedScript] = {}
         self._table = RouteTable.build({})
@@ -353,6 +360,7 @@ class ScriptService:
             route=None,
             registering=True,
             storage=self._storage,
+            flat=self._flat,
         )
         context: dict[str, Any] = {
             "kind": "init",
@@ -449,6 +457,7 @@ class ScriptService:
             registering=False,
             storage=self._storage,
             user_id=user_id,
+            flat=self._flat,
         )
         context: dict[str, Any] = {
             "kind": "httpRoute",

@@ -314,6 +314,13 @@
   define("validateNumber", function (value, min, max) {
     return validateNumberWith(value, { min: min, max: max });
   });
+  // v0.9 flat reads of the engine's state.
+  for (const name of ["listScripts", "listLogs"]) {
+    define(name, function () { return hostCall(name, []); });
+  }
+  for (const name of ["getScript", "getScriptInitStatus", "listLogsForUri"]) {
+    define(name, function (uri) { return hostCall(name, [uri === undefined ? null : uri]); });
+  }
   define("sharedStorage", keyValueStorage("sharedStorage"));
   define("personalStorage", keyValueStorage("personalStorage"));
   // v0.9 flat aliases.
