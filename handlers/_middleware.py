@@ -20,8 +20,14 @@ from security import TokenVerdict, check_admin_token, is_loopback_host
 
 log = structlog.get_logger("aiwebengine.http")
 
-# Public even when the admin token is required: the static landing page.
-_PUBLIC_ENGINE_PATHS = frozenset({"/engine/installed"})
+# Public even when the admin token is required: the landing page and the script types.
+_PUBLIC_ENGINE_PATHS = frozenset(
+    {
+        "/engine/installed",
+        "/engine/types/aiwebengine.d.ts",
+        "/engine/types/v0.1.0/aiwebengine.d.ts",
+    }
+)
 
 
 def _served_on_loopback() -> bool:

@@ -337,6 +337,15 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
             {"host": host, "routes": entries, "count": len(entries), "timestamp": iso_now()}
         )
 
+    @blueprint.get("/types/aiwebengine.d.ts")
+    @blueprint.get("/types/v0.1.0/aiwebengine.d.ts")
+    async def script_types() -> Response:
+        text = resources.files("engine.sandbox").joinpath("aiwebengine.d.ts").read_text("utf-8")
+        response = Response(text, content_type="text/plain; charset=utf-8")
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Cache-Control"] = "public, max-age=3600"
+        return response
+
     @blueprint.get("/installed")
     async def installed() -> Response:
         page = resources.files("handlers").joinpath("pages/installed.html").read_text("utf-8")

@@ -1,0 +1,186 @@
+// Type declarations for aiwebengine scripts: every global the engine installs in a script's
+// sandbox. Served by the engine at /engine/types/aiwebengine.d.ts.
+//
+// Scripts are evaluated as global scripts (not ES modules). Handlers are named by string and
+// looked up on the global object, so declare them as top-level `function`s.
+
+/** Authentication details of the caller (everyone is anonymous until login exists). */
+interface AuthUser {
+  id: string;
+  email: string | null;
+  name: string | null;
+  provider: string | null;
+  isAuthenticated: true;
+}
+
+interface AuthContext {
+  isAuthenticated: boolean;
+  isAdmin: boolean;
+  isEditor: boolean;
+  userId: string | null;
+  userEmail: string | null;
+  userName: string | null;
+  provider: string | null;
+  user: AuthUser | null;
+  /** The user, or throws "Authentication required. Please login to access this resource." */
+  requireAuth(): AuthUser;
+  /** v0.9: the user or null. */
+  currentUser(): AuthUser | null;
+}
+
+interface UploadedFile {
+  field: string;
+  filename?: string;
+  contentType?: string;
+  /** The file's bytes, base64-encoded. */
+  data: string;
+  size: number;
+}
+
+interface HttpRequest {
+  /** The raw path, percent-encoding preserved. */
+  path: string;
+  method: string;
+  /** Lower-case names; the last value of a repeated header. Absent when there are none. */
+  headers?: Record<string, string>;
+  query: Record<string, string>;
+  /** Values of `:name` route segments, not percent-decoded. */
+  params: Record<string, string>;
+  form: Record<string, string>;
+  files: UploadedFile[];
+  /** The whole body as UTF-8 text ("" if it is not UTF-8), or null when empty. */
+  body: string | null;
+  auth: AuthContext;
+}
+
+interface HandlerContext {
+  kind: "httpRoute" | "init" | string;
+  /** Equals the response's x-request-id. */
+  invocationId: string;
+  scriptUri: string;
+  handlerName: string;
+  request: HttpRequest;
+  args: unknown;
+  meta?: { init?: { scriptName: string; timestamp: number; isStartup: boolean } };
+  // Read-only v0.9 aliases of request fields (handlers written as `function h(req)`).
+  readonly path: string;
+  readonly method: string;
+  readonly query: Record<string, string>;
+  readonly form: Record<string, string>;
+  readonly body: string | null;
+  readonly headers?: Record<string, string>;
+  readonly params: Record<string, string>;
+  readonly files: UploadedFile[];
+  // v0.9 aliases of meta.init in init(context).
+  readonly scriptName?: string;
+  readonly timestamp?: number;
+  readonly isStartup?: boolean;
+}
+
+/** What a handler may return: a string (200 text/plain) or a response object. */
+interface HandlerResponse {
+  status: number;
+  body?: string | { __html: string } | { toString(): string };
+  /** Base64 body; wins over `body`. */
+  bodyBase64?: string;
+  /** Default "text/plain; charset=UTF-8" (or "application/octet-stream" with bodyBase64). */
+  contentType?: string;
+  /** String values only; applied after contentType. */
+  headers?: Record<string, string>;
+}
+
+type Handler = (context: HandlerContext) => HandlerResponse | string | undefined;
+
+interface RouteMetadata {
+  summary?: string;
+  description?: string;
+  tags?: string[];
+}
+
+declare const routeRegistry: {
+  /**
+   * Register a route during init() or at the top level. Returns
+   * "Route '<METHOD> <path>' registered to handler '<h>'", or outside registration
+   * "routeRegistry.registerRoute: '<path>' not registered - registration only takes effect
+   * during script startup and init()". Throws for the engine's reserved prefixes.
+   */
+  registerRoute(
+    path: string,
+    handler: string | Handler,
+    method?: string | null,
+    metadata?: RouteMetadata | null,
+  ): string;
+};
+
+declare const ResponseBuilder: {
+  json(data: unknown, status?: number): HandlerResponse;
+  text(text: string, status?: number): HandlerResponse;
+  html(html: string, status?: number): HandlerResponse;
+  error(status: number, message: string): HandlerResponse;
+  noContent(): HandlerResponse;
+  redirect(url: string, status?: number): HandlerResponse;
+};
+
+/** Each call writes one script log line and returns "Log written successfully". */
+declare const console: {
+  log(...values: unknown[]): string;
+  info(...values: unknown[]): string;
+  warn(...values: unknown[]): string;
+  error(...values: unknown[]): string;
+  debug(...values: unknown[]): string;
+};
+
+interface KeyValueStorage {
+  getItem(key: string): string | null;
+  /** "Item set successfully", "Error: Key cannot be empty" or "Error: Value too large (>1MB)". */
+  setItem(key: string, value: unknown): string;
+  removeItem(key: string): boolean;
+  /** "Storage cleared successfully". */
+  clear(): string;
+}
+
+/** Per-script storage, kept in the engine's database. */
+declare const sharedStorage: KeyValueStorage;
+/** Per-script, per-user storage (answers for anonymous callers until login exists). */
+declare const personalStorage: KeyValueStorage;
+
+/** Base64 of the UTF-8 bytes of `text`. */
+declare function btoa(text: string): string;
+/** Decodes base64 to UTF-8 text; throws for invalid base64 or non-UTF-8 bytes. */
+declare function atob(base64: string): string;
+declare const convert: {
+  btoa(text: string): string;
+  atob(base64: string): string;
+};
+
+declare const validate: {
+  requireQueryParam(context: HandlerContext, name: string): string;
+  requirePathParam(context: HandlerContext, name: string): string;
+  validateString(
+    value: unknown,
+    rules?: { minLength?: number; maxLength?: number; pattern?: string | RegExp },
+  ): string;
+  validateNumber(value: unknown, rules?: { min?: number; max?: number }): number;
+};
+declare function requireQueryParam(name: string): string;
+declare function requirePathParam(name: string): string;
+declare function optionalQueryParam<T = null>(name: string, fallback?: T): string | T;
+declare function validateString(value: unknown, minLength?: number, maxLength?: number): string;
+declare function validateNumber(value: unknown, min?: number, max?: number): number;
+
+/** The context of the invocation in progress (the handler's argument). */
+declare var context: HandlerContext;
+/** v0.9: the caller's AuthContext. */
+declare var auth: AuthContext;
+
+// v0.9 flat API.
+/** Registers a route like routeRegistry.registerRoute; returns undefined. */
+declare function register(path: string, handler: string | Handler, method?: string): void;
+/** console.log with one argument. */
+declare function writeLog(message: unknown): string;
+declare function listScripts(): string[];
+declare function getScript(uri: string): string | null;
+/** A JSON string {scriptName, initialized, initError, lastInitTime, createdAt, updatedAt}. */
+declare function getScriptInitStatus(uri: string): string | null;
+declare function listLogs(): string[];
+declare function listLogsForUri(uri: string): string[];
