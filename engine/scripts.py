@@ -25,6 +25,8 @@ import attrs
 import structlog
 import trio
 
+from engine import convert
+from engine.convert import METHODS as CONVERT_METHODS
 from engine.errors import (
     EngineError,
     HostCallError,
@@ -185,6 +187,8 @@ class _InvocationHost:
             )
         if name in FLAT_METHODS and self.flat is not None:
             return await self.flat.call(name, args)
+        if name in CONVERT_METHODS:
+            return await convert.call(name, args)
         raise HostCallError(f"{name} is not available in this engine version")
 
     def register_route(self, path: Any, handler: Any, method: Any, metadata: Any) -> str:

@@ -151,6 +151,12 @@ declare function atob(base64: string): string;
 declare const convert: {
   btoa(text: string): string;
   atob(base64: string): string;
+  /**
+   * CommonMark plus tables, strikethrough, footnotes and task lists. Raw HTML passes through.
+   * "Error: Markdown input cannot be empty" / "Error: Markdown input too large (max 1000000
+   * bytes)".
+   */
+  markdown_to_html(markdown: string): string;
 };
 
 declare const validate: {

@@ -299,7 +299,13 @@
   define("ResponseBuilder", ResponseBuilder);
   define("btoa", btoa);
   define("atob", atob);
-  define("convert", Object.freeze({ btoa: btoa, atob: atob }));
+  define("convert", Object.freeze({
+    btoa: btoa,
+    atob: atob,
+    markdown_to_html: function (markdown) {
+      return hostCall("convert.markdown_to_html", [typeof markdown === "string" ? wellFormed(markdown) : markdown === undefined || markdown === null ? "" : String(markdown)]);
+    },
+  }));
   define("validate", validate);
   define("requireQueryParam", function (name) { return requireFrom(global.context, "query", "query", name); });
   define("requirePathParam", function (name) { return requireFrom(global.context, "params", "path", name); });
