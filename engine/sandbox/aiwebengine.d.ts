@@ -157,6 +157,11 @@ declare const convert: {
    * bytes)".
    */
   markdown_to_html(markdown: string): string;
+  /**
+   * Handlebars: {{x}} HTML-escaped, {{{x}}} raw, #if/#unless/#each/#with, this, @index, ../.
+   * `data` is JSON text (or an object). Errors are returned as "Error: …" strings.
+   */
+  render_handlebars_template(template: string, data?: string | object): string;
 };
 
 declare const validate: {

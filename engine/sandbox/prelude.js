@@ -302,6 +302,11 @@
   define("convert", Object.freeze({
     btoa: btoa,
     atob: atob,
+    render_handlebars_template: function (template, data) {
+      // The original took the data as JSON text; an object is accepted as well.
+      const json = typeof data === "string" ? data : data === undefined || data === null ? "{}" : JSON.stringify(data);
+      return hostCall("convert.render_handlebars_template", [typeof template === "string" ? wellFormed(template) : String(template), wellFormed(json)]);
+    },
     markdown_to_html: function (markdown) {
       return hostCall("convert.markdown_to_html", [typeof markdown === "string" ? wellFormed(markdown) : markdown === undefined || markdown === null ? "" : String(markdown)]);
     },
