@@ -1,8 +1,9 @@
-"""The HTTP surfaces: Quart blueprints translating HTTP into calls on ``engine`` services.
+"""The HTTP surfaces, translating HTTP into calls on ``engine`` services.
 
 ``register(app, runtime)`` is the ``aiwebengine.surfaces`` entry point the application factory
-calls; it mounts every surface.  The catch-all solution dispatcher goes last so every explicit
-engine path takes precedence over it.
+calls; it mounts every surface: Quart blueprints for the engine's own endpoints (``health``,
+``admin``, with ``_middleware``), and in front of them the plain-ASGI ``solutions``
+dispatcher, which serves every path outside the engine's prefixes.
 """
 
 from __future__ import annotations
