@@ -130,10 +130,15 @@ class _InvocationHost:
         storage: ScriptStorageApi,
         user_id: str | None = None,
         flat: FlatReadApi | None = None,
+        writes: ScriptService | None = None,
+        held: tuple[str, ...] = (),
     ) -> None:
         self.script_uri = script_uri
         self.storage = storage
         self.flat = flat
+        self.writes = writes
+        # Scripts whose init() runs up this invocation's chain (their locks are held).
+        self.held = held
         # The caller's identity for personalStorage; None is anonymous (the only kind of
         # caller until login exists: the login work fills this seam).
         self.user_id = user_id
@@ -189,7 +194,30 @@ class _InvocationHost:
             return await self.flat.call(name, args)
         if name in CONVERT_METHODS:
             return await convert.call(name, args)
+        if name in ("upsertScript", "deleteScript") and self.writes is not None:
+            return await self._write(name, args)
         raise HostCallError(f"{name} is not available in this engine version")
+
+    async def _write(self, name: str, args: list[Any]) -> Any:
+        """v0.9 ``upsertScript(uri, content)`` and ``deleteScript(uri)``."""
+        assert self.writes is not None
+        uri = args[0] if args else None
+        if not isinstance(uri, str) or not uri.strip():
+            raise HostCallError(f"{name}: the script URI must be a non-empty string")
+        try:
+            if name == "deleteScript":
+                return await self.writes.delete(uri, held=self.held)
+            content = args[1] if len(args) > 1 else None
+            if not isinstance(content, str):
+                return "Error: content: must be a string"
+            await self.writes.upsert(uri, content, held=self.held)
+        except ValidationError as exc:
+            if exc.field == "chain":
+                raise HostCallError(f"{name}: {exc.rule}") from None
+            return f"Error: {exc.message}"
+        except StorageUnavailable:
+            raise HostCallError(f"{name}: storage is unavailable, try again later") from None
+        return f"Script '{uri}' upserted successfully"
 
     def register_route(self, path: Any, handler: Any, method: Any, metadata: Any) -> str:
         api = "routeRegistry.registerRoute"
@@ -220,6 +248,23 @@ class _InvocationHost:
             tags=tags,
         )
         return f"Route '{method} {path}' registered to handler '{handler}'"
+
+
+MAX_CHAIN = 4
+
+
+def _check_chain(uri: str, held: tuple[str, ...]) -> None:
+    """Refuse what would wait forever on a lock the calling chain holds."""
+    if uri in held:
+        raise ValidationError(
+            "chain",
+            f"script '{uri}' is being initialised by this call chain "
+            f"({' -> '.join(held)}); it cannot be replaced or deleted from inside it",
+        )
+    if len(held) >= MAX_CHAIN:
+        raise ValidationError(
+            "chain", f"scripts may change scripts from init() at most {MAX_CHAIN} levels deep"
+        )
 
 
 def _pad(args: list[Any], count: int) -> list[Any]:
@@ -282,22 +327,26 @@ class ScriptService:
             lock = self._locks[uri] = trio.Lock()
         return lock
 
-    async def upsert(self, uri: str, content: str) -> UpsertReport:
+    async def upsert(self, uri: str, content: str, *, held: tuple[str, ...] = ()) -> UpsertReport:
+        """Store, init and swap in a new version.  ``held`` are the scripts whose init() is
+        running up the calling chain (a script's init upserting scripts)."""
         validate_script(uri, content, max_bytes=self.settings.max_script_bytes)
+        _check_chain(uri, held)
         # Once stored, the new version must be initialised and swapped in (or refused) even if
         # the caller goes away; the init deadline bounds how long this can take.
         with trio.CancelScope(shield=True):
-            report = await self._upsert(uri, content)
+            report = await self._upsert(uri, content, held)
         return report
 
-    async def _upsert(self, uri: str, content: str) -> UpsertReport:
+    async def _upsert(self, uri: str, content: str, held: tuple[str, ...]) -> UpsertReport:
         async with self._lock(uri):
             outcome = await self._database.scripts.upsert(uri, content, now_ms())
-            report = await self._initialize(outcome.script, is_startup=False)
+            report = await self._initialize(outcome.script, is_startup=False, held=held)
             stored = await self._database.scripts.get(uri) or outcome.script
             return UpsertReport(stored, outcome.previous_exists, report)
 
-    async def delete(self, uri: str) -> bool:
+    async def delete(self, uri: str, *, held: tuple[str, ...] = ()) -> bool:
+        _check_chain(uri, held)
         async with self._lock(uri):
             existed = await self._database.scripts.delete(uri)
             self._unload(uri)
@@ -349,6 +398,7 @@ class ScriptService:
         is_startup: bool,
         install_partial: bool = True,
         record: bool = True,
+        held: tuple[str, ...] = (),
     ) -> InitReport:
         """Run the registration pass of ``stored.content`` and swap it in if it succeeds.
 
@@ -365,6 +415,8 @@ class ScriptService:
             registering=True,
             storage=self._storage,
             flat=self._flat,
+            writes=self,
+            held=(*held, stored.uri),
         )
         context: dict[str, Any] = {
             "kind": "init",
@@ -462,6 +514,7 @@ class ScriptService:
             storage=self._storage,
             user_id=user_id,
             flat=self._flat,
+            writes=self,
         )
         context: dict[str, Any] = {
             "kind": "httpRoute",

@@ -195,3 +195,10 @@ declare function getScript(uri: string): string | null;
 declare function getScriptInitStatus(uri: string): string | null;
 declare function listLogs(): string[];
 declare function listLogsForUri(uri: string): string[];
+/**
+ * Store a script and run its init(); "Script '<uri>' upserted successfully" or "Error: …".
+ * Throws when the script's own init() (or one up the chain) is running, or past 4 levels.
+ */
+declare function upsertScript(uri: string, content: string): string;
+/** Delete a script; true if it existed. Throws when its init() is running up the chain. */
+declare function deleteScript(uri: string): boolean;

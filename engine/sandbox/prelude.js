@@ -332,6 +332,10 @@
   for (const name of ["getScript", "getScriptInitStatus", "listLogsForUri"]) {
     define(name, function (uri) { return hostCall(name, [uri === undefined ? null : uri]); });
   }
+  define("upsertScript", function (uri, content) {
+    return hostCall("upsertScript", [uri === undefined ? null : uri, content === undefined ? null : content]);
+  });
+  define("deleteScript", function (uri) { return hostCall("deleteScript", [uri === undefined ? null : uri]); });
   define("sharedStorage", keyValueStorage("sharedStorage"));
   define("personalStorage", keyValueStorage("personalStorage"));
   // v0.9 flat aliases.
