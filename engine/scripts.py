@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -71,6 +72,7 @@ class LoadedScript:
     key: str
     source: str
     routes: tuple[Route, ...]
+    listeners: tuple[tuple[str, str], ...] = ()  # (message type, handler name)
 
 
 @attrs.frozen
@@ -132,7 +134,11 @@ class _InvocationHost:
         flat: FlatReadApi | None = None,
         writes: ScriptService | None = None,
         held: tuple[str, ...] = (),
+        depth: int = 0,
     ) -> None:
+        self.listeners: list[tuple[str, str]] = []
+        # How deep in dispatcher.sendMessage fan-outs this invocation runs (0: not a listener).
+        self.depth = depth
         self.script_uri = script_uri
         self.storage = storage
         self.flat = flat
@@ -196,6 +202,11 @@ class _InvocationHost:
             return await convert.call(name, args)
         if name in ("upsertScript", "deleteScript") and self.writes is not None:
             return await self._write(name, args)
+        if name == "dispatcher.registerListener":
+            return self.register_listener(*_pad(args, 2))
+        if name == "dispatcher.sendMessage" and self.writes is not None:
+            message_type, data = _pad(args, 2)
+            return await self.writes.dispatch(message_type, data, depth=self.depth + 1)
         raise HostCallError(f"{name} is not available in this engine version")
 
     async def _write(self, name: str, args: list[Any]) -> Any:
@@ -218,6 +229,17 @@ class _InvocationHost:
         except StorageUnavailable:
             raise HostCallError(f"{name}: storage is unavailable, try again later") from None
         return f"Script '{uri}' upserted successfully"
+
+    def register_listener(self, message_type: Any, handler: Any) -> str:
+        api = "dispatcher.registerListener"
+        if not isinstance(message_type, str) or not message_type.strip():
+            return f"{api}: message type cannot be empty"
+        if not isinstance(handler, str) or not handler.strip():
+            return f"{api}: handler name cannot be empty"
+        if not self.registering:
+            return _NOT_IN_PHASE.format(api=api, name=message_type)
+        self.listeners.append((message_type, handler))
+        return f"Registered listener for message type '{message_type}': handler '{handler}'"
 
     def register_route(self, path: Any, handler: Any, method: Any, metadata: Any) -> str:
         api = "routeRegistry.registerRoute"
@@ -251,6 +273,19 @@ class _InvocationHost:
 
 
 MAX_CHAIN = 4
+MAX_DISPATCH_DEPTH = 3
+
+
+def _message_data(data: Any) -> Any:
+    """The listener's ``messageData``: JSON text parsed (the original's form), else as is."""
+    if data is None:
+        return {}
+    if isinstance(data, str):
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data
+    return data
 
 
 def _check_chain(uri: str, held: tuple[str, ...]) -> None:
@@ -466,7 +501,13 @@ class ScriptService:
         if report.success or (install_partial and stored.uri not in self._loaded):
             # Swap version and routes in one step: nothing awaits between these lines.
             previous = self._loaded.get(stored.uri)
-            version = LoadedScript(stored.uri, key, stored.content, tuple(host.routes.values()))
+            version = LoadedScript(
+                stored.uri,
+                key,
+                stored.content,
+                tuple(host.routes.values()),
+                tuple(dict.fromkeys(host.listeners)),  # registered twice: once
+            )
             self._loaded[stored.uri] = version
             self._table = self._table.with_script(stored.uri, version.routes)
             if previous is not None and previous.key != key:
@@ -492,6 +533,72 @@ class ScriptService:
             error=error,
         )
         return report
+
+    # -- the dispatcher ------------------------------------------------------------------
+
+    async def dispatch(self, message_type: Any, data: Any, *, depth: int) -> str:
+        """``dispatcher.sendMessage``: run every listener of ``message_type``, one after the
+        other, each in its own invocation; count what succeeded."""
+        if not isinstance(message_type, str) or not message_type.strip():
+            return "dispatcher.sendMessage: message type cannot be empty"
+        if depth > MAX_DISPATCH_DEPTH:
+            raise HostCallError(
+                f"dispatcher.sendMessage: messages sent by listeners may nest at most "
+                f"{MAX_DISPATCH_DEPTH} levels deep"
+            )
+        listeners = [
+            (script, handler)
+            for script in list(self._loaded.values())
+            for listened, handler in script.listeners
+            if listened == message_type
+        ]
+        if not listeners:
+            return f"No listeners for message type '{message_type}'"
+        payload = _message_data(data)
+        succeeded = 0
+        for script, handler in listeners:
+            if await self._run_listener(script, handler, message_type, payload, depth):
+                succeeded += 1
+        failed = len(listeners) - succeeded
+        return f"Dispatched message type '{message_type}': {succeeded} successful, {failed} failed"
+
+    async def _run_listener(
+        self, script: LoadedScript, handler: str, message_type: str, data: Any, depth: int
+    ) -> bool:
+        request_id = f"msg_{now_ms()}_{next(self._ids)}"
+        host = _InvocationHost(
+            script_uri=script.uri,
+            request_id=request_id,
+            kind="messageListener",
+            route=None,
+            registering=False,
+            storage=self._storage,
+            flat=self._flat,
+            writes=self,
+            depth=depth,
+        )
+        try:
+            await self._pool.invoke(
+                Invocation(
+                    invocation_id=request_id,
+                    script_uri=script.uri,
+                    script_key=script.key,
+                    source=script.source,
+                    handler=handler,
+                    phase="handler",
+                    context={"messageType": message_type, "messageData": data},
+                    timeout_ms=self.settings.handler_timeout_ms,
+                    host=host,
+                    nested=True,
+                )
+            )
+            return True
+        except EngineError as exc:
+            host.lines.append(host.entry("FATAL", _fatal_message(handler, exc)))
+            return False
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._logs.write(host.lines)
 
     # -- serving -------------------------------------------------------------------------
 

@@ -91,6 +91,8 @@ class PoolSettings:
     low_priority_nice: int = 10
     # Fork workers from a pre-started factory process instead of starting Python each time.
     use_zygote: bool = True
+    # Temporary workers for nested invocations when none is idle (see _start_burst_worker).
+    max_burst_workers: int = 8
 
 
 @attrs.frozen
@@ -104,6 +106,9 @@ class Invocation:
     context: dict[str, Any]
     timeout_ms: int
     host: InvocationHost
+    # Started from a host call of another invocation that holds a worker while it waits (a
+    # dispatched message's listener): it may not queue behind its own caller.
+    nested: bool = False
 
 
 @attrs.frozen
@@ -181,6 +186,7 @@ class SandboxPool:
         self._closing = False
         self._breakers: dict[str, CircuitBreaker] = {}
         self._zygote: Zygote | None = None
+        self._bursting = 0
         self._ids = itertools.count(1)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -329,6 +335,9 @@ class SandboxPool:
         worker.dead = True
         self._leave_idle(worker)
         self._live.discard(worker)
+        if worker.burst:
+            self._bursting -= 1
+            return  # a temporary worker: nothing to replace
         if worker in self._spares:
             self._spares.remove(worker)
             replace_in_service = False
@@ -354,6 +363,10 @@ class SandboxPool:
     def _release(self, worker: WorkerProcess) -> None:
         if worker.dead:
             return
+        if worker.burst:
+            worker.retired = True
+            worker.kill()
+            return
         if worker.niced and not self._restore_priority(worker):
             worker.retired = True
             worker.kill()
@@ -369,9 +382,15 @@ class SandboxPool:
             worker.idle = False
             self._idle_count -= 1
 
-    async def _acquire(self) -> WorkerProcess:
+    async def _acquire(self, nested: bool = False) -> WorkerProcess:
         if self._closing:
             raise Overloaded("the engine is shutting down", retry_after_s=5)
+        if nested:
+            worker = self._take_idle_now()
+            if worker is not None:
+                return worker
+            if self._bursting < self.settings.max_burst_workers:
+                return await self._start_burst_worker()
         if self._idle_count == 0 and self._waiting >= self.settings.queue_limit:
             raise Overloaded("every sandbox worker is busy and the queue is full", retry_after_s=1)
         self._waiting += 1
@@ -383,6 +402,32 @@ class SandboxPool:
                     return worker
         finally:
             self._waiting -= 1
+
+    def _take_idle_now(self) -> WorkerProcess | None:
+        while True:
+            try:
+                worker = self._idle_receive.receive_nowait()
+            except trio.WouldBlock:
+                return None
+            if not worker.dead:
+                self._leave_idle(worker)
+                return worker
+
+    async def _start_burst_worker(self) -> WorkerProcess:
+        """A temporary worker for a nested invocation, so that a caller holding a worker
+        never waits for a worker that only it could free (a deadlock the pool would only
+        break by killing it at its deadline).  It is retired after the one invocation."""
+        assert self._nursery is not None
+        self._bursting += 1
+        try:
+            worker = await self._start_worker()
+        except BaseException:
+            self._bursting -= 1
+            raise
+        worker.burst = True
+        self._live.add(worker)
+        self._nursery.start_soon(self._monitor, worker)
+        return worker
 
     # -- invocations ---------------------------------------------------------------------
 
@@ -418,7 +463,7 @@ class SandboxPool:
                 retry_after_s=breaker.retry_after(),
             )
         try:
-            worker = await self._acquire()
+            worker = await self._acquire(invocation.nested)
         except BaseException:
             if guarded:
                 breaker.release_probe()
@@ -565,7 +610,7 @@ class SandboxPool:
     # -- introspection -------------------------------------------------------------------
 
     def stats(self) -> PoolStats:
-        live_in_service = len(self._live) - len(self._spares)
+        live_in_service = len(self._live) - len(self._spares) - self._bursting
         return PoolStats(
             size=self.settings.size,
             live=live_in_service,

@@ -107,6 +107,7 @@ class WorkerProcess:
         self.busy_since: float | None = None  # trio time the current invocation started
         self.niced = False  # running at low CPU priority (see _deprioritize_long_runs)
         self.retired = False  # stopped on purpose, not crashed
+        self.burst = False  # a temporary worker for one nested invocation
         # Versions this worker has been sent, mirroring its LRU so the source is sent rarely.
         self.known: OrderedDict[str, None] = OrderedDict()
         self.cache_size = cache_size

@@ -202,3 +202,17 @@ declare function listLogsForUri(uri: string): string[];
 declare function upsertScript(uri: string, content: string): string;
 /** Delete a script; true if it existed. Throws when its init() is running up the chain. */
 declare function deleteScript(uri: string): boolean;
+
+declare const dispatcher: {
+  /**
+   * During init(): "Registered listener for message type '<t>': handler '<h>'". The listener
+   * receives `{messageType, messageData}`. Re-init replaces a script's listeners.
+   */
+  registerListener(messageType: string, handler: string | ((message: { messageType: string; messageData: unknown }) => unknown)): string;
+  /**
+   * Runs every listener now, each in its own invocation: "Dispatched message type '<t>':
+   * <n> successful, <m> failed" or "No listeners for message type '<t>'". `data` is JSON text
+   * or any value. Listeners may send messages 3 levels deep; beyond that this throws.
+   */
+  sendMessage(messageType: string, data?: unknown): string;
+};

@@ -336,6 +336,16 @@
     return hostCall("upsertScript", [uri === undefined ? null : uri, content === undefined ? null : content]);
   });
   define("deleteScript", function (uri) { return hostCall("deleteScript", [uri === undefined ? null : uri]); });
+  define("dispatcher", Object.freeze({
+    registerListener: function (messageType, handler) {
+      return hostCall("dispatcher.registerListener", [messageType === undefined ? null : messageType, handlerName(handler)]);
+    },
+    sendMessage: function (messageType, data) {
+      // The original took JSON text; any value is accepted and sent as JSON.
+      const json = typeof data === "string" ? data : data === undefined ? "{}" : JSON.stringify(data);
+      return hostCall("dispatcher.sendMessage", [messageType === undefined ? null : messageType, json]);
+    },
+  }));
   define("sharedStorage", keyValueStorage("sharedStorage"));
   define("personalStorage", keyValueStorage("personalStorage"));
   // v0.9 flat aliases.
