@@ -50,13 +50,4 @@ class FlatReadApi:
             return None
         if name == "getScript":
             return script.content
-        return json.dumps(
-            {
-                "scriptName": script.uri,
-                "initialized": script.initialized,
-                "initError": script.init_error,
-                "lastInitTime": script.last_init_time,
-                "createdAt": script.created_at,
-                "updatedAt": script.updated_at,
-            }
-        )
+        return json.dumps(script.init_status())

@@ -338,6 +338,18 @@ class ScriptService:
         self._locks: dict[str, trio.Lock] = {}
         self._ids = itertools.count(1)
 
+    def _host(self, script_uri: str, request_id: str, kind: str, **options: Any) -> _InvocationHost:
+        """An invocation host wired to this service's host APIs."""
+        return _InvocationHost(
+            script_uri=script_uri,
+            request_id=request_id,
+            kind=kind,
+            storage=self._storage,
+            flat=self._flat,
+            writes=self,
+            **options,
+        )
+
     # -- reading -------------------------------------------------------------------------
 
     @property
@@ -442,16 +454,8 @@ class ScriptService:
         script's init status (and, on success, the content as its last good version).
         """
         request_id = f"init_{now_ms()}_{next(self._ids)}"
-        host = _InvocationHost(
-            script_uri=stored.uri,
-            request_id=request_id,
-            kind="init",
-            route=None,
-            registering=True,
-            storage=self._storage,
-            flat=self._flat,
-            writes=self,
-            held=(*held, stored.uri),
+        host = self._host(
+            stored.uri, request_id, "init", route=None, registering=True, held=(*held, stored.uri)
         )
         context: dict[str, Any] = {
             "kind": "init",
@@ -566,16 +570,8 @@ class ScriptService:
         self, script: LoadedScript, handler: str, message_type: str, data: Any, depth: int
     ) -> bool:
         request_id = f"msg_{now_ms()}_{next(self._ids)}"
-        host = _InvocationHost(
-            script_uri=script.uri,
-            request_id=request_id,
-            kind="messageListener",
-            route=None,
-            registering=False,
-            storage=self._storage,
-            flat=self._flat,
-            writes=self,
-            depth=depth,
+        host = self._host(
+            script.uri, request_id, "messageListener", route=None, registering=False, depth=depth
         )
         try:
             await self._pool.invoke(
@@ -612,16 +608,13 @@ class ScriptService:
     ) -> HttpResponse:
         """Run the matched handler; raises an ``engine.errors`` value on any script failure."""
         route = match.route
-        host = _InvocationHost(
-            script_uri=script.uri,
-            request_id=request_id,
-            kind="httpRoute",
+        host = self._host(
+            script.uri,
+            request_id,
+            "httpRoute",
             route=route.path,
             registering=False,
-            storage=self._storage,
             user_id=user_id,
-            flat=self._flat,
-            writes=self,
         )
         context: dict[str, Any] = {
             "kind": "httpRoute",

@@ -19,7 +19,7 @@ from quart import Blueprint, Response, request
 from engine.errors import EngineError
 from engine.http_contract import FormError, decode_query, parse_form
 from engine.runtime import EngineRuntime
-from engine.storage import MAX_CONTAINS_LENGTH, LogQuery, StoredScript
+from engine.storage import MAX_CONTAINS_LENGTH, LogQuery
 from handlers._body import PayloadTooLarge, read_body
 from handlers._responses import (
     close_if_body_unread,
@@ -45,17 +45,6 @@ class MissingParameter(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(f"Missing required parameter: {name}")
         self.name = name
-
-
-def _script_status(script: StoredScript) -> dict[str, Any]:
-    return {
-        "scriptName": script.uri,
-        "initialized": script.initialized,
-        "initError": script.init_error,
-        "lastInitTime": script.last_init_time,
-        "createdAt": script.created_at,
-        "updatedAt": script.updated_at,
-    }
 
 
 _INT_MAX = 2**53  # beyond what a JSON client can represent exactly; also fits every database
@@ -240,9 +229,9 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         uri = params.get("uri")
         if uri:
             script = await runtime.database.scripts.get(uri)
-            status = _script_status(script) if script is not None else None
+            status = script.init_status() if script is not None else None
             return json_response({"uri": uri, "status": status, "timestamp": iso_now()})
-        statuses = [_script_status(s) for s in await runtime.database.scripts.list_all()]
+        statuses = [s.init_status() for s in await runtime.database.scripts.list_all()]
         return json_response({"statuses": statuses, "count": len(statuses), "timestamp": iso_now()})
 
     @blueprint.get("/script_logs")

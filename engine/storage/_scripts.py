@@ -22,6 +22,17 @@ class StoredScript:
     last_init_time: int | None
     good_content: str | None = None
 
+    def init_status(self) -> dict[str, Any]:
+        """The init status as the API and ``getScriptInitStatus`` report it (epoch ms)."""
+        return {
+            "scriptName": self.uri,
+            "initialized": self.initialized,
+            "initError": self.init_error,
+            "lastInitTime": self.last_init_time,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+        }
+
     @property
     def size(self) -> int:
         """Length of the source in UTF-8 bytes, as the admin API reports it."""
