@@ -32,6 +32,24 @@ def wait_until_quiet(server: servers.ServerProcess, settings: Settings, limit_s:
     say(f"  (the pool was still recovering after {limit_s:.0f} s: {state})")
 
 
+def measure_healthy(
+    engine: servers.ServerProcess, settings: Settings, label: str, round_: int, duration_s: float
+) -> Run:
+    """One run of the healthy route's load, as both runaway benchmarks measure it."""
+    return measure(
+        engine,
+        label,
+        round_,
+        "/bench/ok",
+        connections=settings.healthy_connections,
+        processes=settings.processes,
+        duration_s=duration_s,
+        warmup_s=settings.runaway_settle_s,
+        engine=True,
+        sample_pool=True,
+    )
+
+
 def runaway_comparison(settings: Settings, work: Path) -> tuple[Comparison, tuple[LoadResult, ...]]:
     engine = servers.start_engine(
         "engine-runaway", work / "data-runaway", work, settings.runaway_engine_settings()
@@ -42,18 +60,7 @@ def runaway_comparison(settings: Settings, work: Path) -> tuple[Comparison, tupl
         timeout_s = settings.runaway_timeout_ms / 1000
 
         def healthy(label: str, round_: int, duration_s: float) -> Run:
-            return measure(
-                engine,
-                label,
-                round_,
-                "/bench/ok",
-                connections=settings.healthy_connections,
-                processes=settings.processes,
-                duration_s=duration_s,
-                warmup_s=settings.runaway_settle_s,
-                engine=True,
-                sample_pool=True,
-            )
+            return measure_healthy(engine, settings, label, round_, duration_s)
 
         wait_until_quiet(engine, settings, limit_s=30)
         healthy("healthy alone (warm-up)", 0, 1.0)
@@ -110,18 +117,7 @@ def spinning_comparison(settings: Settings, work: Path) -> Comparison:
         servers.deploy(engine, "https://bench.local/spin", runaway_script("/bench/spin"))
 
         def healthy(label: str, round_: int, duration_s: float) -> Run:
-            return measure(
-                engine,
-                label,
-                round_,
-                "/bench/ok",
-                connections=settings.healthy_connections,
-                processes=settings.processes,
-                duration_s=duration_s,
-                warmup_s=settings.runaway_settle_s,
-                engine=True,
-                sample_pool=True,
-            )
+            return measure_healthy(engine, settings, label, round_, duration_s)
 
         wait_until_quiet(engine, settings, limit_s=30)
         healthy("healthy alone (warm-up)", 0, 1.0)

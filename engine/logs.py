@@ -20,8 +20,6 @@ from engine.storage import LogEntry, LogQuery, LogRepository, NewLogEntry
 
 log = structlog.get_logger("aiwebengine.logs")
 
-LEVELS = ("LOG", "INFO", "WARN", "ERROR", "DEBUG", "FATAL")
-
 
 def now_ms() -> int:
     return int(time.time() * 1000)

@@ -38,7 +38,12 @@ from engine.errors import (
 )
 from engine.flat_api import METHODS as FLAT_METHODS
 from engine.flat_api import FlatReadApi
-from engine.http_contract import HttpResponse, ScriptResponseError, response_from_result
+from engine.http_contract import (
+    HttpResponse,
+    ScriptResponseError,
+    build_http_context,
+    response_from_result,
+)
 from engine.logs import LogService, now_ms
 from engine.routing import MatchResult, Route, RouteMatch, RouteTable, reserved_prefix_of
 from engine.sandbox import Invocation, SandboxPool
@@ -616,14 +621,9 @@ class ScriptService:
             registering=False,
             user_id=user_id,
         )
-        context: dict[str, Any] = {
-            "kind": "httpRoute",
-            "invocationId": request_id,
-            "scriptUri": script.uri,
-            "handlerName": route.handler,
-            "request": request,
-            "args": None,
-        }
+        context = build_http_context(
+            request=request, request_id=request_id, script_uri=script.uri, handler=route.handler
+        )
         try:
             result = await self._pool.invoke(
                 Invocation(

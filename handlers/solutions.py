@@ -14,13 +14,12 @@ envelope, never a traceback.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
 
-from engine.errors import EngineError, Overloaded, StorageUnavailable
+from engine.errors import EngineError
 from engine.http_contract import (
     FormError,
     ParsedForm,
@@ -32,6 +31,7 @@ from engine.http_contract import (
 from engine.routing import MethodNotAllowed, RouteMatch, reserved_prefix_of
 from engine.runtime import EngineRuntime
 from engine.scripts import LoadedScript
+from handlers._responses import retry_after_headers
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -226,10 +226,10 @@ class _Exchange:
         await self._send({"type": "http.response.body", "body": payload, "more_body": False})
 
     async def engine_error(self, exc: EngineError) -> None:
-        headers = []
-        if isinstance(exc, Overloaded | StorageUnavailable):
-            retry = max(1, math.ceil(exc.retry_after_s))
-            headers.append((b"retry-after", str(retry).encode()))
+        headers = [
+            (name.lower().encode(), value.encode())
+            for name, value in retry_after_headers(exc).items()
+        ]
         await self.error(exc.status, exc.code, exc.message, details=exc.details, headers=headers)
 
     async def error(

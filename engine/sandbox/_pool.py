@@ -14,7 +14,6 @@ killing workers is refused for a cool-down instead of starving everybody else.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import sys
 import time
@@ -187,7 +186,6 @@ class SandboxPool:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._zygote: Zygote | None = None
         self._bursting = 0
-        self._ids = itertools.count(1)
 
     # -- lifecycle -----------------------------------------------------------------------
 
