@@ -73,11 +73,18 @@ async def test_open_creates_the_directory_and_tables_and_reports_progress(db_pat
         "migrating database: 0002_good_content (remember the last version whose init succeeded)",
         "migrating database: 0003_script_storage "
         "(key-value storage of scripts (shared and per user))",
-        "database at revision 0003",
+        "migrating database: 0004_assets (script assets (files scoped to a script))",
+        "database at revision 0004",
     ]
     tables = {name for (name,) in _sqlite_rows(db_path, "SELECT name FROM sqlite_master")}
-    assert {"scripts", "script_logs", "alembic_version"} <= tables
-    assert _sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0003",)]
+    assert {
+        "scripts",
+        "script_logs",
+        "script_storage",
+        "script_assets",
+        "alembic_version",
+    } <= tables
+    assert _sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0004",)]
 
 
 async def test_opening_again_migrates_nothing_and_keeps_the_data(db_path: Path) -> None:
@@ -88,7 +95,7 @@ async def test_opening_again_migrates_nothing_and_keeps_the_data(db_path: Path) 
     messages: list[str] = []
     second = await Database.open(_url(db_path), on_progress=messages.append)
     try:
-        assert messages == ["database at revision 0003"]
+        assert messages == ["database at revision 0004"]
         assert (await second.scripts.get("/kept")) is not None
     finally:
         await second.aclose()
@@ -104,8 +111,9 @@ def test_migrate_command_prepares_a_fresh_file(db_path: Path) -> None:
         "migrating database: 0002_good_content (remember the last version whose init succeeded)",
         "migrating database: 0003_script_storage "
         "(key-value storage of scripts (shared and per user))",
-        "database at revision 0003",
-        "database at revision 0003",
+        "migrating database: 0004_assets (script assets (files scoped to a script))",
+        "database at revision 0004",
+        "database at revision 0004",
     ]
 
 

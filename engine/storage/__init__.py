@@ -1,17 +1,24 @@
 """The database: schema, migrations and the repositories the engine stores through.
 
 ``Database.open(url)`` connects (SQLite in WAL mode by default, PostgreSQL by URL), migrates
-to the newest revision and exposes ``scripts``, ``logs`` and ``storage`` repositories.  Every
-call runs in a worker thread behind one circuit breaker and raises
+to the newest revision and exposes ``scripts``, ``logs``, ``storage`` and ``assets``
+repositories.  Every call runs in a worker thread behind one circuit breaker and raises
 ``engine.errors.StorageUnavailable`` when the database fails or the breaker is open.
 ``migrate(url)`` is the same upgrade, blocking, for the command line.
 
 Implementation: ``_tables`` (schema), ``_runner`` (threads, transactions, breaker),
-``_database`` (engine, SQLite settings, migrations), ``_scripts``, ``_logs`` and ``_kv``
-(repositories; ``_kv`` backs the scripts' shared and personal storage); ``migrations/`` holds
-the Alembic environment.
+``_database`` (engine, SQLite settings, migrations), ``_scripts``, ``_logs``, ``_kv`` and
+``_assets`` (repositories; ``_kv`` backs the scripts' shared and personal storage, ``_assets``
+the files each script owns); ``migrations/`` holds the Alembic environment.
 """
 
+from engine.storage._assets import (
+    AssetInfo,
+    AssetRepository,
+    AssetWrite,
+    StoredAsset,
+    WriteResult,
+)
 from engine.storage._database import Database, migrate
 from engine.storage._kv import SHARED, KeyValueRepository
 from engine.storage._logs import (
@@ -26,6 +33,9 @@ from engine.storage._scripts import ScriptRepository, StoredScript, UpsertOutcom
 __all__ = [
     "MAX_CONTAINS_LENGTH",
     "SHARED",
+    "AssetInfo",
+    "AssetRepository",
+    "AssetWrite",
     "Database",
     "KeyValueRepository",
     "LogEntry",
@@ -33,7 +43,9 @@ __all__ = [
     "LogRepository",
     "NewLogEntry",
     "ScriptRepository",
+    "StoredAsset",
     "StoredScript",
     "UpsertOutcome",
+    "WriteResult",
     "migrate",
 ]

@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.pool import NullPool
 
 from engine.breaker import BreakerState, CircuitBreaker
+from engine.storage._assets import AssetRepository
 from engine.storage._kv import KeyValueRepository
 from engine.storage._logs import LogRepository
 from engine.storage._runner import WRITE_OPTION, Runner
@@ -46,6 +47,7 @@ class Database:
         self.scripts = ScriptRepository(runner)
         self.logs = LogRepository(runner)
         self.storage = KeyValueRepository(runner)
+        self.assets = AssetRepository(runner)
         # True when open() found no schema and created it: a brand-new database.
         self.created = False
 

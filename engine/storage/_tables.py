@@ -71,3 +71,20 @@ script_storage = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
+
+# Files a script serves or reads: bytes with the mimetype they were uploaded with.  ``size`` and
+# ``sha256`` (lowercase hex of ``content``) are stored so listings, ETags and compare-and-set
+# never have to read the content.  Not foreign-keyed to ``scripts``, like ``script_storage``:
+# deleting a script removes them explicitly, in the same transaction.
+script_assets = sa.Table(
+    "script_assets",
+    metadata,
+    sa.Column("script_uri", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("mimetype", sa.Text, nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
