@@ -470,7 +470,7 @@ class StreamHub:
         return 0 if state is None else len(state.subscribers)
 
     def paths(self) -> list[str]:
-        """Every path the hub knows: with subscribers or with a kept history, sorted."""
+        """Every path the hub knows, sorted: with subscribers, or idle and not yet forgotten."""
         return sorted(self._paths)
 
     def stats(self) -> dict[str, Any]:

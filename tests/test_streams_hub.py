@@ -6,6 +6,7 @@ The filtering rules are UPSTREAM_API.md §2.2; the hub's own rules are in engine
 from __future__ import annotations
 
 import gc
+import json
 import weakref
 from collections import deque
 from collections.abc import Mapping
@@ -559,7 +560,13 @@ async def test_publish_all_reaches_every_known_path_unfiltered() -> None:
 
 
 def test_limits_are_validated() -> None:
-    for bad in ({"queue_size": 0}, {"max_per_path": 0}, {"max_total": 0}, {"replay_size": -1}):
+    for bad in (
+        {"queue_size": 0},
+        {"max_per_path": 0},
+        {"max_total": 0},
+        {"replay_size": -1},
+        {"max_idle_paths": -1},
+    ):
         with pytest.raises(ValueError):
             StreamHub(**bad)
     StreamHub(replay_size=0, max_idle_paths=0)
@@ -578,8 +585,6 @@ async def test_without_a_replay_buffer_only_the_latest_id_resumes() -> None:
 
 
 def test_stats_are_plain_json_values() -> None:
-    import json
-
     hub = StreamHub()
     hub.subscribe("/s")
     hub.publish("/s", "x")
@@ -595,7 +600,7 @@ def test_stats_are_plain_json_values() -> None:
 
 QUEUE, REPLAY = 3, 2
 paths_st = st.sampled_from(["/x", "/y"])
-metadata_st = st.just({}) | small_maps
+metadata_st: st.SearchStrategy[dict[str, str]] = st.just({}) | small_maps
 subscribe_st = st.tuples(st.just("subscribe"), paths_st, metadata_st)
 publish_st = st.tuples(st.just("publish"), paths_st, st.none() | small_maps, modes)
 receive_st = st.tuples(st.just("receive"), st.integers(0, 30), st.integers(1, 3))
