@@ -44,6 +44,9 @@ GREP_TIMEOUT_S: Final = 0.5
 # exhausts memory, and compilation has no timeout), so patterns are sized before compiling.
 # At this bound the worst compiles in a few milliseconds and a few megabytes.
 MAX_GREP_EXPANSION: Final = 20_000
+# The most text one search runs over: a backtracking search can hold 100-200 bytes for every
+# character it has passed, so this bounds its memory to a few tens of megabytes.
+MAX_GREP_SPAN_CHARS: Final = 100_000
 
 TOO_LARGE: Final = "Asset too large (max 10MB)"
 BAD_NAME_LENGTH: Final = "Invalid asset URI: must be 1-255 characters"
@@ -326,6 +329,8 @@ _BRACED_ESCAPES = frozenset("NpPx")
 # and \X, for which "\r\n" is one grapheme.
 _CONTEXT_ESCAPES = frozenset("AZzGKmMX")
 _LINE_LOCAL_FLAGS = frozenset("aisu-")
+_RECURSION = re.compile(r"\(\?(?:R|[+-]?[0-9]|&|P>)")
+_REGEX_SYNTAX = re.compile(r"[\\.^$*+?{}\[\]|()]")
 
 
 @attrs.frozen
@@ -431,6 +436,10 @@ def _compile_pattern(pattern: str) -> tuple[Any, bool]:
         raise ValidationError("grep", f"must be 1-{MAX_GREP_PATTERN_CHARS} characters")
     if any("x" in flags.group(1) for flags in _FLAG_GROUP.finditer(pattern)):
         raise ValidationError("grep", "verbose mode (?x) is not supported")
+    if _RECURSION.search(pattern):
+        # A recursion that consumes nothing fills memory (hundreds of MB in a second)
+        # before the engine gives up, and the timeout does not stop it.
+        raise ValidationError("grep", "recursive patterns ((?R), (?1), (?&name)) are not supported")
     shape = _shape(pattern)
     if shape.size > MAX_GREP_EXPANSION:
         raise ValidationError(
@@ -447,55 +456,88 @@ def _compile_pattern(pattern: str) -> tuple[Any, bool]:
     return compiled, shape.line_local
 
 
-class _Search:
-    """One compiled pattern searched under one deadline."""
+class _Searcher:
+    """One pattern searched under one deadline, over spans of at most
+    :data:`MAX_GREP_SPAN_CHARS` characters."""
 
-    def __init__(self, compiled: Any, timeout_s: float) -> None:
+    def __init__(self, pattern: str, timeout_s: float) -> None:
+        compiled, self.line_local = _compile_pattern(pattern)
         self._search: Callable[..., Any] = compiled.search
         self._deadline = time.monotonic() + timeout_s
+        # Without any syntax a pattern is a plain substring, searchable at any length.
+        self._plain = None if _REGEX_SYNTAX.search(pattern) else pattern
 
-    def __call__(self, text: str, pos: int = 0) -> Any:
+    def search(self, text: str, pos: int = 0, endpos: int | None = None) -> Any:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise ValidationError("grep", GREP_TOO_SLOW)
         try:
-            return self._search(text, pos, timeout=remaining)
+            return self._search(text, pos, endpos, timeout=remaining)
         except TimeoutError:
             raise ValidationError("grep", GREP_TOO_SLOW) from None
+        except MemoryError:
+            # The engine's own refusal of a huge backtracking stack, already released.
+            raise ValidationError("grep", "pattern took too much memory to evaluate") from None
 
+    def line_matches(self, number: int, content: str) -> bool:
+        if len(content) <= MAX_GREP_SPAN_CHARS:
+            return self.search(content) is not None
+        if self._plain is None:
+            raise ValidationError(
+                "grep",
+                f"line {number} is longer than {MAX_GREP_SPAN_CHARS} characters, which only"
+                " a plain-text pattern (no regular expression syntax) can search",
+            )
+        return self._plain in content
 
-def _matching_lines_by_line(lines: list[str], search: _Search) -> Iterator[tuple[int, str]]:
-    for number, content in enumerate(lines, start=1):
-        if search(content) is not None:
-            yield number, content
+    def by_line(self, contents: list[str]) -> Iterator[tuple[int, str]]:
+        for number, content in enumerate(contents, start=1):
+            if self.line_matches(number, content):
+                yield number, content
 
+    def in_text(self, text: str) -> Iterator[tuple[int, str]]:
+        """The matching lines, found by searching runs of whole lines at once -- one call per
+        run and per matching line rather than one per line, which matters because every
+        timed call costs microseconds.
 
-def _matching_lines_in_text(text: str, search: _Search) -> Iterator[tuple[int, str]]:
-    """The matching lines, found by searching the whole text -- one call per matching line
-    instead of one per line, which matters because every timed call costs microseconds.
-
-    Sound only for a line-local pattern: a match at some place of a line's content is then a
-    match at the same place of ``text``, so the leftmost match of the text is never after the
-    first matching line.  A match that runs past the end of its line proves nothing, so that
-    line is searched on its own; either way the search goes on from the next line.
-    """
-    number, pos = 1, 0
-    while pos < len(text):
-        found = search(text, pos)
-        if found is None:
-            return
-        start = found.start()
-        if start == len(text) and text.endswith("\n"):
-            return  # the empty place after the final line ending is not a line
-        number += text.count("\n", pos, start)
-        line_start = text.rfind("\n", pos, start) + 1 or pos
-        line_end = text.find("\n", start)
-        if line_end == -1:
-            line_end = len(text)
-        content = text[line_start:line_end]
-        if found.end() <= line_end or search(content) is not None:
-            yield number, content
-        number, pos = number + 1, line_end + 1
+        Sound only for a line-local pattern: a match at some place of a line's content is
+        then a match at the same place of the run, so the leftmost match of the run is never
+        after its first matching line.  A match that goes past the end of its line proves
+        nothing, so that line is searched on its own; either way the search goes on from the
+        next line.
+        """
+        number, pos = 1, 0  # the line that starts at pos
+        while pos < len(text):
+            if len(text) - pos <= MAX_GREP_SPAN_CHARS:
+                end = len(text)
+            else:
+                end = text.rfind("\n", pos, pos + MAX_GREP_SPAN_CHARS + 1)
+            if end == -1:  # one line longer than a span
+                end = text.find("\n", pos)
+                end = len(text) if end == -1 else end
+                if self.line_matches(number, text[pos:end]):
+                    yield number, text[pos:end]
+                number, pos = number + 1, end + 1
+                continue
+            # Whole lines from pos to end, which is a line ending or the end of the text.
+            while pos <= end and pos < len(text):
+                found = self.search(text, pos, end)
+                if found is None:
+                    break
+                start = found.start()
+                if start == len(text) and text.endswith("\n"):
+                    return  # the empty place after the final line ending is not a line
+                number += text.count("\n", pos, start)
+                line_start = text.rfind("\n", pos, start) + 1 or pos
+                line_end = text.find("\n", start, end)
+                line_end = end if line_end == -1 else line_end
+                content = text[line_start:line_end]
+                if found.end() <= line_end or self.search(content) is not None:
+                    yield number, content
+                number, pos = number + 1, line_end + 1
+            if pos <= end:
+                number += text.count("\n", pos, end + 1)
+                pos = end + 1
 
 
 def grep(text: str, pattern: str, *, timeout_s: float = GREP_TIMEOUT_S) -> dict[str, Any]:
@@ -505,17 +547,13 @@ def grep(text: str, pattern: str, *, timeout_s: float = GREP_TIMEOUT_S) -> dict[
     lines are counted; the first :data:`MAX_GREP_MATCHES` are returned, their text cut to
     :data:`MAX_GREP_LINE_CHARS` characters.  The whole search must finish within ``timeout_s``.
     """
-    compiled, line_local = _compile_pattern(pattern)
-    search = _Search(compiled, timeout_s)
+    searcher = _Searcher(pattern, timeout_s)
     # Lines joined by "\n" alone: the contents are what each line is searched as.
     joined = text.replace("\r\n", "\n")
     contents = joined.split("\n")
     if contents[-1] == "":
         contents.pop()  # the text ends with a line ending, or is empty
-    if line_local:
-        found = _matching_lines_in_text(joined, search)
-    else:
-        found = _matching_lines_by_line(contents, search)
+    found = searcher.in_text(joined) if searcher.line_local else searcher.by_line(contents)
     matches: list[dict[str, Any]] = []
     count = 0
     for number, content in found:
@@ -556,13 +594,11 @@ class Edit:
 _EDIT_KEYS: Final = ("old_string", "new_string", "replace_all")
 
 
-def _refuse_unknown_keys(value: Mapping[Any, Any], known: Sequence[str], prefix: str) -> None:
+def _refuse_unknown_keys(value: Mapping[Any, Any], known: Sequence[str], field: str) -> None:
     for key in value:
         if key not in known:
-            name = str(key)[:64]
             raise ValidationError(
-                f"{prefix}.{name}" if prefix else name,
-                f"is not a known field (expected {', '.join(known)})",
+                field, f"unknown field {str(key)[:64]!r} (expected {', '.join(known)})"
             )
 
 
@@ -735,7 +771,7 @@ def parse_batch(payload: object, *, script: str | None = None) -> BatchRequest:
     """
     if not isinstance(payload, Mapping):
         raise ValidationError("body", f"must be a JSON object, got {_json_kind(payload)}")
-    _refuse_unknown_keys(payload, _BATCH_KEYS, "")
+    _refuse_unknown_keys(payload, _BATCH_KEYS, "body")
     given = payload.get("script")
     if given is not None:
         given = _string(given, "script")
