@@ -25,6 +25,7 @@ from pathlib import Path
 import structlog
 from quart_trio import QuartTrio
 
+from engine.assets import MAX_JSON_BODY_BYTES
 from engine.config import Config, ConfigError, LoggingConfig, load_config
 from engine.runtime import EngineRuntime
 
@@ -68,8 +69,10 @@ def create_app(config: Config | None = None) -> QuartTrio:
 
     app = QuartTrio("aiwebengine")
     # Bodies are bounded per surface by the handlers; this is the outer bound for all of them.
-    app.config["MAX_CONTENT_LENGTH"] = (
-        max(config.security.max_request_body_bytes, config.security.max_upload_bytes) + 64 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = max(
+        config.security.max_request_body_bytes + 64 * 1024,
+        config.security.max_upload_bytes + 64 * 1024,
+        MAX_JSON_BODY_BYTES,
     )
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = config.server.shutdown_grace_s
     app.config["PROPAGATE_EXCEPTIONS"] = False

@@ -43,6 +43,7 @@ __all__ = [
     "Secret",
     "SecurityConfig",
     "ServerConfig",
+    "StreamsConfig",
     "default_config",
     "load_config",
 ]
@@ -291,6 +292,20 @@ class SecurityConfig:
 
 
 @attrs.frozen
+class StreamsConfig:
+    """Live streams (SSE and WebSocket subscribers of script streams)."""
+
+    heartbeat_s: float = _setting(15.0, _positive())
+    queue_size: int = _setting(1000, _int(1, 100_000))
+    replay_size: int = _setting(100, _int(0, 100_000))
+    max_per_stream: int = _setting(100, _int(1, 1_000_000))
+    max_total: int = _setting(1000, _int(1, 1_000_000))
+    max_message_bytes: int = _setting(64 * KiB, _int(1, 64 * MiB, size=True))
+    max_handler_errors: int = _setting(3, _int(1, 1000))
+    ping_interval_s: float = _setting(20.0, _positive())
+
+
+@attrs.frozen
 class LoggingConfig:
     level: str = _setting("info", _choice("debug", "info", "warning", "error"))
     format: str = _setting("console", _choice("console", "json"))
@@ -304,6 +319,7 @@ class Config:
     sandbox: SandboxConfig = attrs.field(factory=SandboxConfig)
     security: SecurityConfig = attrs.field(factory=SecurityConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
+    streams: StreamsConfig = attrs.field(factory=StreamsConfig)
 
     @property
     def is_production(self) -> bool:
@@ -322,6 +338,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseConfig,
     "sandbox": SandboxConfig,
     "security": SecurityConfig,
+    "streams": StreamsConfig,
     "logging": LoggingConfig,
 }
 for _cls in (*_SECTIONS.values(), Config):

@@ -42,6 +42,24 @@ class ValidationError(EngineError):
         self.rule = rule
 
 
+class NotFound(EngineError):
+    """The thing named by the request does not exist (or the caller may not see it)."""
+
+    code = "NOT_FOUND"
+    status = 404
+
+
+class Conflict(EngineError):
+    """The request was made against a state that has changed since; ``extra`` says how."""
+
+    code = "CONFLICT"
+    status = 409
+
+    def __init__(self, message: str, **extra: object) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
 class ScriptTimeout(EngineError):
     """A handler overran its deadline; its worker was killed."""
 

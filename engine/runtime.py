@@ -19,12 +19,14 @@ import structlog
 import trio
 
 from engine import __version__
+from engine.assets import AssetService
 from engine.breaker import CircuitBreaker
 from engine.config import Config
 from engine.logs import LogService
 from engine.sandbox import PoolSettings, SandboxPool
 from engine.scripts import ScriptService, ScriptSettings
 from engine.storage import Database
+from engine.streams import StreamHub
 
 log = structlog.get_logger("aiwebengine")
 
@@ -63,6 +65,16 @@ class EngineRuntime:
         self._database: Database | None = None
         self._scripts: ScriptService | None = None
         self._logs: LogService | None = None
+        self._assets: AssetService | None = None
+        streams = config.streams
+        # Subscribers live here from the first connection to the last: the hub exists for the
+        # runtime's whole life, so transports never see it missing.
+        self.streams = StreamHub(
+            queue_size=streams.queue_size,
+            replay_size=streams.replay_size,
+            max_per_path=streams.max_per_stream,
+            max_total=streams.max_total,
+        )
         self._cancel: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._request_counter = itertools.count(1)
@@ -80,6 +92,11 @@ class EngineRuntime:
     def scripts(self) -> ScriptService:
         assert self._scripts is not None, "engine not started"
         return self._scripts
+
+    @property
+    def assets(self) -> AssetService:
+        assert self._assets is not None, "engine not started"
+        return self._assets
 
     @property
     def logs(self) -> LogService:
@@ -113,7 +130,9 @@ class EngineRuntime:
                 max_script_bytes=config.sandbox.max_script_bytes,
                 init_concurrency=config.sandbox.effective_init_concurrency(),
             ),
+            self.streams,
         )
+        self._assets = AssetService(self._database.assets, self._scripts.reinit)
         # Only a brand-new database gets the example: one an administrator emptied stays empty.
         if config.server.install_example and self._database.created:
             source = resources.files("engine.examples").joinpath("hello.js").read_text("utf-8")
@@ -145,6 +164,7 @@ class EngineRuntime:
 
     async def stop(self) -> None:
         self.started = False
+        self.streams.close_all("the engine is shutting down")
         if self._cancel is not None:
             self._cancel.cancel()
             with trio.move_on_after(10):

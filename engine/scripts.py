@@ -20,6 +20,7 @@ import json
 import re
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -27,10 +28,14 @@ import structlog
 import trio
 
 from engine import convert
+from engine.asset_text import name_problem
+from engine.assets import METHODS as ASSET_METHODS
+from engine.assets import AssetHostApi
 from engine.convert import METHODS as CONVERT_METHODS
 from engine.errors import (
     EngineError,
     HostCallError,
+    NotFound,
     Overloaded,
     ScriptFailed,
     StorageUnavailable,
@@ -50,11 +55,27 @@ from engine.sandbox import Invocation, SandboxPool
 from engine.script_storage import METHODS as STORAGE_METHODS
 from engine.script_storage import ScriptStorageApi
 from engine.storage import Database, NewLogEntry, StoredScript
+from engine.stream_api import (
+    REGISTER_METHODS as STREAM_REGISTER_METHODS,
+)
+from engine.stream_api import (
+    SCRIPT_UPDATES_PATH,
+    SEND_METHODS,
+    StreamCustomizationFailed,
+    StreamHostApi,
+    StreamRoute,
+    customizer_problem,
+    late_path_problem,
+    path_problem,
+    reserved_check,
+)
+from engine.streams import StreamHub
 
 log = structlog.get_logger("aiwebengine.scripts")
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
 _MAX_URI_CHARS = 2048
+MAX_ASSET_PATH_CHARS = 500
 _NOT_IN_PHASE = (
     "{api}: '{name}' not registered - registration only takes effect during script startup "
     "and init()"
@@ -70,6 +91,18 @@ class ScriptSettings:
 
 
 @attrs.frozen
+class AssetRoute:
+    """``routeRegistry.registerAssetRoute``: an exact path serving one of the script's assets."""
+
+    path: str
+    script_uri: str
+    asset: str
+    summary: str | None = None
+    description: str | None = None
+    tags: tuple[str, ...] = ("Assets",)
+
+
+@attrs.frozen
 class LoadedScript:
     """One version of one script, as the route table serves it."""
 
@@ -78,6 +111,8 @@ class LoadedScript:
     source: str
     routes: tuple[Route, ...]
     listeners: tuple[tuple[str, str], ...] = ()  # (message type, handler name)
+    asset_routes: tuple[AssetRoute, ...] = ()
+    streams: tuple[StreamRoute, ...] = ()
 
 
 @attrs.frozen
@@ -135,6 +170,8 @@ class _InvocationHost:
         route: str | None,
         registering: bool,
         storage: ScriptStorageApi,
+        assets: AssetHostApi | None = None,
+        streams: StreamHostApi | None = None,
         user_id: str | None = None,
         flat: FlatReadApi | None = None,
         writes: ScriptService | None = None,
@@ -146,6 +183,10 @@ class _InvocationHost:
         self.depth = depth
         self.script_uri = script_uri
         self.storage = storage
+        self.assets = assets
+        self.asset_routes: dict[str, AssetRoute] = {}
+        self.streams = streams
+        self.stream_routes: dict[str, StreamRoute] = {}
         self.flat = flat
         self.writes = writes
         # Scripts whose init() runs up this invocation's chain (their locks are held).
@@ -201,6 +242,14 @@ class _InvocationHost:
             return await self.storage.call(
                 name, args, script_uri=self.script_uri, user_id=self.user_id
             )
+        if name in ASSET_METHODS and self.assets is not None:
+            return await self.assets.call(name, args, script_uri=self.script_uri)
+        if name == "routeRegistry.registerAssetRoute" and self.assets is not None:
+            return await self.register_asset_route(*_pad(args, 3))
+        if name in STREAM_REGISTER_METHODS:
+            return self.register_stream(name, args)
+        if name in SEND_METHODS and self.streams is not None:
+            return self.streams.call(name, args)
         if name in FLAT_METHODS and self.flat is not None:
             return await self.flat.call(name, args)
         if name in CONVERT_METHODS:
@@ -245,6 +294,82 @@ class _InvocationHost:
             return _NOT_IN_PHASE.format(api=api, name=message_type)
         self.listeners.append((message_type, handler))
         return f"Registered listener for message type '{message_type}': handler '{handler}'"
+
+    def register_stream(self, name: str, args: list[Any]) -> str:
+        """``registerStreamRoute(path, customizer?, metadata?)``, the v0.9
+        ``registerWebStream(path)`` and ``registerWebSocketRoute(path, handler, options?)``."""
+        websocket = name == "routeRegistry.registerWebSocketRoute"
+        api = name if name.startswith("routeRegistry.") else "routeRegistry.registerStreamRoute"
+        path, second, third = _pad(args, 3)
+        path = reserved_check(path, api)
+        problem = path_problem(path)
+        if problem is not None:
+            return problem
+        on_message: str | None = None
+        if websocket:
+            if not isinstance(second, str) or not second.strip():
+                raise HostCallError(f"{api}: the message handler must be a function or its name")
+            on_message = second
+            options = third if isinstance(third, Mapping) else {}
+            customizer = options.get("customizationFunction")
+            metadata: Any = options
+        else:
+            customizer = second if name != "registerWebStream" else None
+            metadata = third
+        if not self.registering:
+            return _NOT_IN_PHASE.format(api=api, name=path)
+        problem = late_path_problem(path) or customizer_problem(customizer)
+        if problem is not None:
+            return problem
+        summary, description, tags = _route_metadata(metadata)
+        self.stream_routes.pop(path, None)  # the same path twice: the last one wins
+        self.stream_routes[path] = StreamRoute(
+            path=path,
+            script_uri=self.script_uri,
+            customizer=customizer,
+            on_message=on_message,
+            summary=summary,
+            description=description,
+            tags=tags or ("Streams",),
+        )
+        kind = "WebSocket stream" if websocket else "Web stream"
+        return f"{kind} '{path}' registered successfully"
+
+    async def register_asset_route(self, path: Any, asset: Any, metadata: Any) -> str:
+        assert self.assets is not None
+        api = "routeRegistry.registerAssetRoute"
+        if not isinstance(path, str):
+            raise HostCallError(f"{api}: path must be a string")
+        prefix = reserved_prefix_of(path)
+        if prefix is not None:
+            raise HostCallError(f"Path '{path}' is reserved for the engine (prefix '{prefix}')")
+        if not path.startswith("/") or len(path) > MAX_ASSET_PATH_CHARS:
+            return (
+                f"Invalid asset path '{path}': path must start with '/' and be at most "
+                f"{MAX_ASSET_PATH_CHARS} characters"
+            )
+        problem = name_problem(asset)
+        if problem is not None:
+            return problem
+        if not self.registering:
+            return _NOT_IN_PHASE.format(api=api, name=path)
+        try:
+            exists = await self.assets.exists(self.script_uri, asset)
+        except StorageUnavailable:
+            raise HostCallError(f"{api}: storage is unavailable, try again later") from None
+        if not exists:
+            return f"Asset '{asset}' not found or not owned by script '{self.script_uri}'"
+        summary, description, tags = _route_metadata(metadata)
+        self.asset_routes.pop(path, None)  # the same path twice: the last one wins
+        self.asset_routes[path] = AssetRoute(
+            path=path,
+            script_uri=self.script_uri,
+            asset=asset,
+            summary=summary,
+            description=description,
+            tags=tags or ("Assets",),
+        )
+        return f"Asset path '{path}' registered to asset '{asset}'"
 
     def register_route(self, path: Any, handler: Any, method: Any, metadata: Any) -> str:
         api = "routeRegistry.registerRoute"
@@ -331,11 +456,19 @@ class ScriptService:
         pool: SandboxPool,
         logs: LogService,
         settings: ScriptSettings,
+        hub: StreamHub | None = None,
     ) -> None:
         self._database = database
         self._pool = pool
         self._logs = logs
         self._storage = ScriptStorageApi(database.storage)
+        self._assets = AssetHostApi(database.assets)
+        # Asset routes by exact path, rebuilt from the loaded scripts whenever one changes.
+        self._asset_paths: dict[str, AssetRoute] = {}
+        # Stream paths likewise; the hub holds their subscribers.
+        self._stream_paths: dict[str, StreamRoute] = {}
+        self.hub = hub if hub is not None else StreamHub()
+        self._streams = StreamHostApi(self.hub, self._stream_paths.keys())
         self._flat = FlatReadApi(database, logs)
         self.settings = settings
         self._loaded: dict[str, LoadedScript] = {}
@@ -350,6 +483,8 @@ class ScriptService:
             request_id=request_id,
             kind=kind,
             storage=self._storage,
+            assets=self._assets,
+            streams=self._streams,
             flat=self._flat,
             writes=self,
             **options,
@@ -363,6 +498,39 @@ class ScriptService:
 
     def loaded(self, uri: str) -> LoadedScript | None:
         return self._loaded.get(uri)
+
+    def asset_route(self, path: str) -> AssetRoute | None:
+        """The asset route registered for exactly ``path`` (GET and HEAD only)."""
+        return self._asset_paths.get(path)
+
+    def asset_routes(self) -> list[AssetRoute]:
+        return list(self._asset_paths.values())
+
+    def stream_route(self, path: str) -> StreamRoute | None:
+        """The stream registered for exactly ``path`` (SSE and WebSocket)."""
+        return self._stream_paths.get(path)
+
+    def stream_routes(self) -> list[StreamRoute]:
+        return list(self._stream_paths.values())
+
+    def _rebuild_paths(self) -> None:
+        """Index asset routes and streams by path after a script changed.  The first script
+        loaded keeps a path another script registers as well.  Subscribers of a stream that
+        is gone are closed; a stream that stays keeps its subscribers."""
+        assets: dict[str, AssetRoute] = {}
+        streams: dict[str, StreamRoute] = {}
+        for script in self._loaded.values():
+            for route in script.asset_routes:
+                assets.setdefault(route.path, route)
+            for stream in script.streams:
+                streams.setdefault(stream.path, stream)
+        self._asset_paths = assets
+        removed = self._stream_paths.keys() - streams.keys()
+        # Mutated in place: the broadcast API holds this dict's membership test.
+        self._stream_paths.clear()
+        self._stream_paths.update(streams)
+        for path in removed:
+            self.hub.close_path(path, "the stream was removed")
 
     def resolve(self, path: str, method: str) -> tuple[MatchResult, LoadedScript | None]:
         """Match a request and pin the script version that will serve it."""
@@ -395,7 +563,27 @@ class ScriptService:
             outcome = await self._database.scripts.upsert(uri, content, now_ms())
             report = await self._initialize(outcome.script, is_startup=False, held=held)
             stored = await self._database.scripts.get(uri) or outcome.script
-            return UpsertReport(stored, outcome.previous_exists, report)
+        self._announce(
+            uri,
+            "updated" if outcome.previous_exists else "inserted",
+            content_length=stored.size,
+            previous_exists=outcome.previous_exists,
+        )
+        return UpsertReport(stored, outcome.previous_exists, report)
+
+    def _announce(
+        self, uri: str, action: str, *, content_length: int, previous_exists: bool
+    ) -> None:
+        """A script change message on ``/engine/script_updates``."""
+        message = {
+            "type": "script_update",
+            "uri": uri,
+            "action": action,
+            "timestamp": iso_timestamp(),
+            "contentLength": content_length,
+            "previousExists": previous_exists,
+        }
+        self.hub.publish(SCRIPT_UPDATES_PATH, json.dumps(message, separators=(",", ":")))
 
     async def delete(self, uri: str, *, held: tuple[str, ...] = ()) -> bool:
         _check_chain(uri, held)
@@ -403,12 +591,26 @@ class ScriptService:
             existed = await self._database.scripts.delete(uri)
             self._unload(uri)
         self._locks.pop(uri, None)
+        if existed:
+            self._announce(uri, "removed", content_length=0, previous_exists=True)
         return existed
 
     def _unload(self, uri: str) -> None:
         if self._loaded.pop(uri, None) is not None:
             self._table = self._table.without_script(uri)
+            self._rebuild_paths()
         self._pool.forget_script(uri)
+
+    async def reinit(self, uri: str) -> InitReport | None:
+        """Run the stored script's ``init()`` again (its assets changed); ``None`` when there
+        is no such script."""
+        report: InitReport | None = None
+        with trio.CancelScope(shield=True):
+            async with self._lock(uri):
+                stored = await self._database.scripts.get(uri)
+                if stored is not None:
+                    report = await self._initialize(stored, is_startup=False)
+        return report
 
     async def load_all(self) -> None:
         """Load and init every stored script, a bounded number at a time.  Failures are
@@ -516,9 +718,12 @@ class ScriptService:
                 stored.content,
                 tuple(host.routes.values()),
                 tuple(dict.fromkeys(host.listeners)),  # registered twice: once
+                tuple(host.asset_routes.values()),
+                tuple(host.stream_routes.values()),
             )
             self._loaded[stored.uri] = version
             self._table = self._table.with_script(stored.uri, version.routes)
+            self._rebuild_paths()
             if previous is not None and previous.key != key:
                 # A new version starts with a clean record.
                 self._pool.forget_script(stored.uri)
@@ -601,6 +806,104 @@ class ScriptService:
             with trio.CancelScope(shield=True):
                 await self._logs.write(host.lines)
 
+    # -- streams -------------------------------------------------------------------------
+
+    async def stream_metadata(
+        self, route: StreamRoute, request: Mapping[str, Any], request_id: str
+    ) -> dict[str, str]:
+        """A new subscriber's metadata: its query parameters, or what the stream's
+        customization function returns for them (an object of strings)."""
+        query = dict(request.get("query") or {})
+        if route.customizer is None:
+            return {str(k): str(v) for k, v in query.items()}
+        context = {
+            "kind": "streamCustomization",
+            "invocationId": request_id,
+            "scriptUri": route.script_uri,
+            "handlerName": route.customizer,
+            "request": {**request, "method": "GET", "path": route.path},
+            "args": query,
+            "meta": {"stream": {"path": route.path}},
+        }
+        try:
+            value = await self._invoke_value(
+                route.script_uri, route.customizer, "streamCustomization", context, request_id
+            )
+        except ScriptFailed as exc:
+            raise StreamCustomizationFailed(exc.details or exc.message) from None
+        if value.get("valueType") != "object" or not isinstance(value.get("value"), dict):
+            raise StreamCustomizationFailed(
+                f"expected an object of string values, got {value.get('valueType')}"
+            )
+        metadata: dict[str, Any] = value["value"]
+        for key, item in metadata.items():
+            if not isinstance(item, str):
+                raise StreamCustomizationFailed(
+                    f"the value of '{key}' must be a string, got {type(item).__name__}"
+                )
+        return metadata
+
+    async def websocket_message(
+        self,
+        route: StreamRoute,
+        message: str,
+        connection_id: str,
+        metadata: Mapping[str, str],
+        request_id: str,
+    ) -> str | None:
+        """Run the stream's message handler for one incoming WebSocket message; its non-empty
+        string result is the reply to that client."""
+        if route.on_message is None:
+            return None
+        context = {
+            "kind": "websocketMessage",
+            "invocationId": request_id,
+            "scriptUri": route.script_uri,
+            "handlerName": route.on_message,
+            "request": {"path": route.path, "method": "GET", "query": dict(metadata)},
+            "args": {"message": message, "connectionId": connection_id, "metadata": dict(metadata)},
+            "meta": {"stream": {"path": route.path}},
+        }
+        value = await self._invoke_value(
+            route.script_uri, route.on_message, "websocketMessage", context, request_id
+        )
+        reply = value.get("value")
+        return reply if value.get("valueType") == "string" and reply else None
+
+    async def _invoke_value(
+        self, script_uri: str, handler: str, kind: str, context: dict[str, Any], request_id: str
+    ) -> dict[str, Any]:
+        script = self._loaded.get(script_uri)
+        if script is None:
+            raise NotFound(f"Script '{script_uri}' is not loaded")
+        path = context["meta"]["stream"]["path"]
+        host = self._host(script.uri, request_id, kind, route=path, registering=False)
+        try:
+            result = await self._pool.invoke(
+                Invocation(
+                    invocation_id=request_id,
+                    script_uri=script.uri,
+                    script_key=script.key,
+                    source=script.source,
+                    handler=handler,
+                    phase="value",
+                    context=context,
+                    timeout_ms=self.settings.handler_timeout_ms,
+                    host=host,
+                )
+            )
+            if result.value.get("type") == "promise":
+                raise ScriptFailed(
+                    f"Handler '{handler}' returned a promise; it must return its value directly"
+                )
+            return result.value
+        except EngineError as exc:
+            host.lines.append(host.entry("FATAL", _fatal_message(handler, exc)))
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._logs.write(host.lines)
+
     # -- serving -------------------------------------------------------------------------
 
     async def invoke_route(
@@ -652,6 +955,11 @@ class ScriptService:
             upto = host.written if host.abandoned else len(host.lines)
             with trio.CancelScope(shield=True):
                 await self._logs.write(host.lines[:upto])
+
+
+def iso_timestamp() -> str:
+    moment = datetime.now(UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _fatal_message(handler: str, exc: EngineError) -> str:

@@ -2,8 +2,9 @@
 
 ``register(app, runtime)`` is the ``aiwebengine.surfaces`` entry point the application factory
 calls; it mounts every surface: Quart blueprints for the engine's own endpoints (``health``,
-``admin``, with ``_middleware``), and in front of them the plain-ASGI ``solutions``
-dispatcher, which serves every path outside the engine's prefixes.
+``admin``, ``streams`` for ``/engine/script_updates``, with ``_middleware``), and in front of
+them the plain-ASGI ``solutions`` dispatcher, which serves every path outside the engine's
+prefixes, SSE and WebSocket stream connections included.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 from quart_trio import QuartTrio
 
 from engine.runtime import EngineRuntime
-from handlers import _middleware, admin, health, solutions
+from handlers import _middleware, admin, assets, health, solutions, streams
 
 
 def register(app: QuartTrio, runtime: EngineRuntime) -> None:
     _middleware.install(app, runtime)
     app.register_blueprint(health.make_blueprint(runtime))
     app.register_blueprint(admin.make_blueprint(runtime))
+    app.register_blueprint(assets.make_blueprint(runtime))
+    app.register_blueprint(streams.make_blueprint(runtime))
     # Solution routes bypass Quart: see handlers.solutions.
     solutions.install(app, runtime)
 

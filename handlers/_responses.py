@@ -87,6 +87,7 @@ def management_engine_error(exc: EngineError) -> Response:
     field = getattr(exc, "field", None)
     if field:
         extra["field"] = field
+    extra.update(getattr(exc, "extra", {}))
     response = management_error(exc.status, exc.message, **extra)
     for name, value in retry_after_headers(exc).items():
         response.headers[name] = value

@@ -321,6 +321,30 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
             }
             for route in runtime.scripts.routes.routes()
         ]
+        entries.extend(
+            {
+                "path": route.path,
+                "method": "ASSET",
+                "handler": route.asset,
+                "script_uri": route.script_uri,
+                "summary": route.summary,
+                "description": route.description,
+                "tags": list(route.tags),
+            }
+            for route in runtime.scripts.asset_routes()
+        )
+        entries.extend(
+            {
+                "path": stream.path,
+                "method": "STREAM",
+                "handler": stream.customizer or stream.on_message or "",
+                "script_uri": stream.script_uri,
+                "summary": stream.summary,
+                "description": stream.description,
+                "tags": list(stream.tags),
+            }
+            for stream in runtime.scripts.stream_routes()
+        )
         host = request.headers.get("host")
         return json_response(
             {"host": host, "routes": entries, "count": len(entries), "timestamp": iso_now()}

@@ -5,10 +5,13 @@ solution, and Quart's request and response objects, URL adapter and hooks cost a
 CPU per request as the whole sandbox round trip.  Requests under the engine's prefixes
 (``/engine``, ``/health``, ...) are handed to the Quart application unchanged.
 
-Order (the original's, UPSTREAM_API §1.4): the route table (exact, ``:param``, ``/*``; HEAD
-falls back to GET); then 405 for a path routed under other methods; then ``GET /`` redirects
-to the landing page; then 404.  Every answer carries ``x-request-id`` and errors are the JSON
-envelope, never a traceback.
+Order (the original's, UPSTREAM_API §1.4): asset routes (GET and HEAD on an exact path, with
+``ETag`` and ``If-None-Match``); then stream paths (GET and HEAD, exact: server-sent events,
+see ``handlers.streams``); then the route table (exact, ``:param``, ``/*``; HEAD falls back to
+GET); then 405 for a path routed under other methods; then ``GET /`` redirects to the landing
+page; then 404.  Every answer carries ``x-request-id`` and errors are the JSON envelope, never a
+traceback.  A WebSocket upgrade on any solution path goes to the stream transport, which
+accepts it on a stream path and refuses it everywhere else.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 import structlog
 
+from engine.asset_text import content_type_header
+from engine.assets import entity_tag, etag_matches
 from engine.errors import EngineError
 from engine.http_contract import (
     FormError,
@@ -30,7 +35,8 @@ from engine.http_contract import (
 )
 from engine.routing import MethodNotAllowed, RouteMatch, reserved_prefix_of
 from engine.runtime import EngineRuntime
-from engine.scripts import LoadedScript
+from engine.scripts import AssetRoute, LoadedScript
+from handlers import streams
 from handlers._responses import retry_after_headers
 
 Scope = MutableMapping[str, Any]
@@ -58,10 +64,15 @@ class SolutionDispatcher:
         self._app = app
         self._runtime = runtime
         self._security = runtime.config.security
+        self._websockets = streams.WebSocketTransport(runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or reserved_prefix_of(scope["path"]) is not None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or reserved_prefix_of(scope["path"]) is not None:
             await self._app(scope, receive, send)
+            return
+        if kind == "websocket":
+            await self._websockets.serve(scope, receive, send)
             return
         exchange = _Exchange(scope, receive, send, self._runtime.new_request_id())
         structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
@@ -84,6 +95,15 @@ class SolutionDispatcher:
                 503, "STARTING", "The engine is starting", headers=[(b"retry-after", b"1")]
             )
             return
+        if exchange.method in ("GET", "HEAD"):
+            asset_route = runtime.scripts.asset_route(exchange.path)
+            if asset_route is not None:
+                await self._serve_asset(exchange, asset_route)
+                return
+            stream_route = runtime.scripts.stream_route(exchange.path)
+            if stream_route is not None:
+                await streams.serve_sse(runtime, exchange, stream_route)
+                return
         match, script = runtime.scripts.resolve(exchange.path, exchange.method)
         if isinstance(match, RouteMatch) and script is not None:
             await self._run_route(exchange, match, script)
@@ -100,6 +120,31 @@ class SolutionDispatcher:
             )
         else:
             await exchange.error(404, "NOT_FOUND", "Resource not found")
+
+    async def _serve_asset(self, exchange: _Exchange, route: AssetRoute) -> None:
+        assets = self._runtime.assets
+        info = await assets.info(route.script_uri, route.asset)
+        if info is None:
+            await exchange.error(404, "NOT_FOUND", f"Asset '{route.asset}' not found")
+            return
+        # Assets change without their paths changing: caches must ask again every time, and
+        # the content digest makes asking cheap.
+        headers = [
+            (b"etag", entity_tag(info.sha256).encode()),
+            (b"cache-control", b"no-cache"),
+        ]
+        if_none_match = exchange.header(b"if-none-match")
+        if if_none_match and etag_matches(if_none_match, info.sha256):
+            await exchange.respond(304, headers, b"")
+            return
+        body = b""
+        if exchange.method == "GET":
+            stored = await assets.get(route.script_uri, route.asset)
+            info, body = stored.info, stored.content
+            headers[0] = (b"etag", entity_tag(info.sha256).encode())
+        headers.append((b"content-type", content_type_header(info.mimetype).encode("latin-1")))
+        headers.append((b"content-length", str(info.size).encode()))
+        await exchange.respond(200, headers, body)
 
     async def _run_route(
         self, exchange: _Exchange, match: RouteMatch, script: LoadedScript
@@ -209,9 +254,11 @@ class _Exchange:
         self.body_read = True
         return b"".join(chunks)
 
-    async def respond(
-        self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes
-    ) -> None:
+    async def receive(self) -> Message:
+        return await self._receive()
+
+    async def start(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Send the status and headers; the body follows with :meth:`send_body`."""
         head = list(headers)
         head.append((b"x-request-id", self.request_id.encode()))
         if not any(name.lower() == b"x-content-type-options" for name, _ in head):
@@ -221,9 +268,17 @@ class _Exchange:
             head.append((b"connection", b"close"))
         self.started = True
         await self._send({"type": "http.response.start", "status": status, "headers": head})
+
+    async def send_body(self, body: bytes, *, more: bool = False) -> None:
         # A HEAD answer states the length of the body it leaves out.
         payload = b"" if self.method == "HEAD" else body
-        await self._send({"type": "http.response.body", "body": payload, "more_body": False})
+        await self._send({"type": "http.response.body", "body": payload, "more_body": more})
+
+    async def respond(
+        self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        await self.start(status, headers)
+        await self.send_body(body)
 
     async def engine_error(self, exc: EngineError) -> None:
         headers = [

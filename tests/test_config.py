@@ -27,6 +27,7 @@ from engine.config import (
     Secret,
     SecurityConfig,
     ServerConfig,
+    StreamsConfig,
     default_config,
     load_config,
 )
@@ -47,6 +48,7 @@ SECTIONS = {
     "sandbox": SandboxConfig,
     "security": SecurityConfig,
     "logging": LoggingConfig,
+    "streams": StreamsConfig,
 }
 ALL_KEYS = ["profile"] + [
     f"{name}.{field.name}" for name, cls in SECTIONS.items() for field in attrs.fields(cls)
@@ -777,7 +779,17 @@ def valid_configs(draw: st.DrawFn) -> Config:
         level=draw(st.sampled_from(["debug", "info", "warning", "error"])),
         format=draw(st.sampled_from(["console", "json"])),
     )
-    return Config(profile, server, database, sandbox, security, logging)
+    streams = StreamsConfig(
+        heartbeat_s=positive(),
+        queue_size=draw(st.integers(1, 100_000)),
+        replay_size=draw(st.integers(0, 100_000)),
+        max_per_stream=draw(st.integers(1, 1_000_000)),
+        max_total=draw(st.integers(1, 1_000_000)),
+        max_message_bytes=draw(st.integers(1, 64 * MiB)),
+        max_handler_errors=draw(st.integers(1, 1000)),
+        ping_interval_s=positive(),
+    )
+    return Config(profile, server, database, sandbox, security, logging, streams)
 
 
 def toml_literal(value: Any) -> str:
@@ -858,6 +870,12 @@ INT_RANGES = {
     "sandbox.deprioritize_after_ms": (0, 600_000),
     "security.max_request_body_bytes": (1, math.inf),
     "security.max_upload_bytes": (1, math.inf),
+    "streams.queue_size": (1, 100_000),
+    "streams.replay_size": (0, 100_000),
+    "streams.max_per_stream": (1, 1_000_000),
+    "streams.max_total": (1, 1_000_000),
+    "streams.max_message_bytes": (1, 64 * MiB),
+    "streams.max_handler_errors": (1, 1000),
 }
 OPTIONAL_INTS = {"sandbox.pool_size", "sandbox.init_concurrency"}
 

@@ -27,7 +27,9 @@ import cattrs
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
-InvocationPhase = Literal["init", "handler"]
+# "value" runs a function for the value it returns (stream customization functions,
+# WebSocket message handlers) instead of turning it into an HTTP response.
+InvocationPhase = Literal["init", "handler", "value"]
 FailureKind = Literal["exception", "out_of_memory", "stack_overflow", "eval", "no_handler"]
 
 

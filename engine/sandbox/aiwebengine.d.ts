@@ -110,6 +110,82 @@ declare const routeRegistry: {
     method?: string | null,
     metadata?: RouteMetadata | null,
   ): string;
+  /**
+   * Serve one of this script's assets on exactly `path` (GET and HEAD), ahead of routes and
+   * streams, with an ETag from the content digest (If-None-Match answers 304). The asset must
+   * exist when this is called. Returns "Asset path '<p>' registered to asset '<a>'", "Asset
+   * '<a>' not found or not owned by script '<uri>'", an "Invalid asset …" message, or the
+   * registration-phase message outside init(). Throws for the engine's reserved prefixes.
+   */
+  registerAssetRoute(path: string, asset: string, metadata?: RouteMetadata | null): string;
+  /**
+   * Register a stream path during init(): browsers connect with SSE (GET) or a WebSocket.
+   * Each connection's metadata is its query parameters, or the object of strings the
+   * customization function returns (it gets `context.args` = the query parameters).
+   * Returns "Web stream '<p>' registered successfully", "Invalid stream path '<p>': …",
+   * "Invalid customization function name …" or the registration-phase message.
+   */
+  registerStreamRoute(
+    path: string,
+    customizationFunction?: string | ((context: HandlerContext) => Record<string, string>) | null,
+    metadata?: RouteMetadata | null,
+  ): string;
+  /**
+   * A stream path whose WebSocket clients may also send messages: each incoming text message
+   * runs `onMessage` with `context.kind = "websocketMessage"` and `context.args = {message,
+   * connectionId, metadata}`; a non-empty string it returns is sent back to that client only.
+   * Returns "WebSocket stream '<p>' registered successfully" or the messages above.
+   */
+  registerWebSocketRoute(
+    path: string,
+    onMessage: string | ((context: HandlerContext) => string | null | undefined | void),
+    options?: (RouteMetadata & { customizationFunction?: string | ((context: HandlerContext) => Record<string, string>) }) | null,
+  ): string;
+  /**
+   * Send `data` (text; other values are sent as JSON) to every connection of a stream:
+   * "Successfully sent message to <n> connections on path '<p>'" or "Sent message to
+   * <ok>/<total> connections on path '<p>' (<f> failed)" (failed = dropped for lagging).
+   */
+  sendStreamMessage(path: string, data: unknown): string;
+  /**
+   * Send to the connections whose metadata matches `filter` (an object of strings or its JSON):
+   * "subset" (default) reaches connections whose metadata is contained in the filter,
+   * "overlap" those whose metadata does not contradict it; connections without metadata
+   * always receive. Throws "Invalid filter JSON: …" or "Invalid match mode '<m>'. Expected
+   * 'subset' or 'overlap'".
+   */
+  sendStreamMessageFiltered(
+    path: string,
+    data: unknown,
+    filter?: string | Record<string, string> | null,
+    matchMode?: "subset" | "overlap" | null,
+  ): string;
+};
+
+/** An asset as listAssets describes it; times are epoch milliseconds. */
+interface AssetInfo {
+  uri: string;
+  name: string;
+  size: number;
+  mimetype: string;
+  createdAt: number;
+  updatedAt: number;
+}
+
+/** Files (up to 10 MB each) that belong to the calling script. */
+declare const assetStorage: {
+  /** JSON text of an AssetInfo[] (parse it with JSON.parse). */
+  listAssets(): string;
+  /** The content as base64, or "Asset '<name>' not found". */
+  fetchAsset(name: string): string;
+  /**
+   * "Asset '<name>' upserted successfully", or "Invalid asset URI: …", "Asset too large (max
+   * 10MB)", "Error decoding base64 content: …", "Error upserting asset: …". Names are 1-255
+   * characters without "..", "\\" or control characters.
+   */
+  upsertAsset(name: string, mimetype: string, contentBase64: string): string;
+  /** "Asset '<name>' deleted successfully" or "Asset '<name>' not found". */
+  deleteAsset(name: string): string;
 };
 
 declare const ResponseBuilder: {
@@ -202,6 +278,23 @@ declare function listLogsForUri(uri: string): string[];
 declare function upsertScript(uri: string, content: string): string;
 /** Delete a script; true if it existed. Throws when its init() is running up the chain. */
 declare function deleteScript(uri: string): boolean;
+/** v0.9: routeRegistry.registerStreamRoute(path). */
+declare function registerWebStream(path: string): string;
+/**
+ * v0.9: with one argument, send to every stream ("Successfully sent message to <n>
+ * connections on all streams"); with two, routeRegistry.sendStreamMessage(path, message).
+ */
+declare function sendStreamMessage(messageOrPath: unknown, message?: unknown): string;
+/** v0.9: routeRegistry.sendStreamMessage. */
+declare function sendStreamMessageToPath(path: string, message: unknown): string;
+/** The names of the calling script's assets. */
+declare function listAssets(): string[];
+/** assetStorage.fetchAsset. */
+declare function fetchAsset(path: string): string;
+/** assetStorage.upsertAsset with the v0.9 argument order: content before mimetype. */
+declare function upsertAsset(path: string, contentBase64: string, mimetype: string): string;
+/** assetStorage.deleteAsset. */
+declare function deleteAsset(path: string): string;
 
 declare const dispatcher: {
   /**

@@ -90,6 +90,14 @@
     value: function (on) { topLevel = on === true; },
   });
 
+  // Stream messages are text; any other value is sent as its JSON (the original took strings).
+  function messageText(data) {
+    if (typeof data === "string") return wellFormed(data);
+    if (data === undefined) return "null";
+    const text = JSON.stringify(data);
+    return text === undefined ? String(data) : wellFormed(text);
+  }
+
   const routeRegistry = {
     registerRoute: function (path, handler, method, metadata) {
       return hostCall("routeRegistry.registerRoute", [
@@ -99,8 +107,59 @@
         metadata === undefined ? null : metadata,
       ]);
     },
+    registerStreamRoute: function (path, customizationFunction, metadata) {
+      return hostCall("routeRegistry.registerStreamRoute", [
+        path === undefined ? null : path,
+        customizationFunction === undefined || customizationFunction === null ? null : handlerName(customizationFunction),
+        metadata === undefined ? null : metadata,
+      ]);
+    },
+    registerWebSocketRoute: function (path, onMessage, options) {
+      let opts = options === undefined || options === null ? null : options;
+      if (opts && typeof opts === "object" && opts.customizationFunction !== undefined && opts.customizationFunction !== null) {
+        opts = Object.assign({}, opts, { customizationFunction: handlerName(opts.customizationFunction) });
+      }
+      return hostCall("routeRegistry.registerWebSocketRoute", [
+        path === undefined ? null : path,
+        onMessage === undefined || onMessage === null ? null : handlerName(onMessage),
+        opts,
+      ]);
+    },
+    sendStreamMessage: function (path, data) {
+      return hostCall("routeRegistry.sendStreamMessage", [path === undefined ? null : path, messageText(data)]);
+    },
+    sendStreamMessageFiltered: function (path, data, filter, matchMode) {
+      return hostCall("routeRegistry.sendStreamMessageFiltered", [
+        path === undefined ? null : path,
+        messageText(data),
+        filter === undefined ? null : filter,
+        matchMode === undefined ? null : matchMode,
+      ]);
+    },
+    registerAssetRoute: function (path, asset, metadata) {
+      return hostCall("routeRegistry.registerAssetRoute", [
+        path === undefined ? null : path,
+        asset === undefined ? null : asset,
+        metadata === undefined ? null : metadata,
+      ]);
+    },
   };
   Object.freeze(routeRegistry);
+
+  function argText(value) {
+    return value === undefined || value === null ? null : typeof value === "string" ? wellFormed(value) : String(value);
+  }
+
+  // Asset names and mimetypes are strings (other values are converted, where the original
+  // threw); content travels as base64 text.
+  const assetStorage = Object.freeze({
+    listAssets: function () { return hostCall("assetStorage.listAssets", []); },
+    fetchAsset: function (name) { return hostCall("assetStorage.fetchAsset", [argText(name)]); },
+    upsertAsset: function (name, mimetype, contentBase64) {
+      return hostCall("assetStorage.upsertAsset", [argText(name), argText(mimetype), argText(contentBase64)]);
+    },
+    deleteAsset: function (name) { return hostCall("assetStorage.deleteAsset", [argText(name)]); },
+  });
 
   // Values are strings; other values are accepted and stored as text (objects as JSON), where
   // the original threw a conversion error.
@@ -346,6 +405,27 @@
       return hostCall("dispatcher.sendMessage", [messageType === undefined ? null : messageType, json]);
     },
   }));
+  define("assetStorage", assetStorage);
+  // v0.9 streams: registerWebStream(path); sendStreamMessage(message) to every stream, or
+  // (path, message) to one; sendStreamMessageToPath(path, message).
+  define("registerWebStream", function (path) {
+    return hostCall("registerWebStream", [path === undefined ? null : path]);
+  });
+  define("sendStreamMessage", function (first, second) {
+    if (arguments.length < 2) return hostCall("sendStreamMessage", [messageText(first)]);
+    return routeRegistry.sendStreamMessage(first, second);
+  });
+  define("sendStreamMessageToPath", function (path, message) {
+    return routeRegistry.sendStreamMessage(path, message);
+  });
+  // v0.9 asset globals: the calling script's assets; upsertAsset takes the content before the
+  // mimetype, and listAssets answers an array of names.
+  define("listAssets", function () { return hostCall("listAssets", []); });
+  define("fetchAsset", assetStorage.fetchAsset);
+  define("upsertAsset", function (path, contentBase64, mimetype) {
+    return assetStorage.upsertAsset(path, mimetype, contentBase64);
+  });
+  define("deleteAsset", assetStorage.deleteAsset);
   define("sharedStorage", keyValueStorage("sharedStorage"));
   define("personalStorage", keyValueStorage("personalStorage"));
   // v0.9 flat aliases.
@@ -451,6 +531,14 @@
     if (typeof handler !== "function") {
       throw new Error(NO_HANDLER + name + ": " + (handler === undefined ? "not defined" : "not a function"));
     }
-    return JSON.stringify(normalizeResult(handler(ctx)));
+    const result = handler(ctx);
+    if (phase === "value") {
+      // Customization functions and message handlers: the value itself, as JSON.
+      if (isThenable(result)) return JSON.stringify({ type: "promise" });
+      const valueType = result === null ? "null" : Array.isArray(result) ? "array" : typeof result;
+      const json = result === undefined || typeof result === "function" || typeof result === "symbol" ? undefined : JSON.stringify(result);
+      return JSON.stringify({ type: "value", valueType: valueType, value: json === undefined ? null : JSON.parse(json) });
+    }
+    return JSON.stringify(normalizeResult(result));
   } });
 })(globalThis);
