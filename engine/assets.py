@@ -24,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Literal, Protocol
 
+import trio
+
 from engine.asset_text import (
     MAX_ASSET_BYTES,
     MAX_BATCH_BYTES,
@@ -203,6 +205,7 @@ class AssetService:
     def __init__(self, repository: AssetRepository, reinit: Reinit) -> None:
         self._repository = repository
         self._reinit = reinit
+        self._searches = trio.CapacityLimiter(2)
 
     async def list(self, script: str) -> list[AssetInfo]:
         return await self._repository.list(script)
@@ -229,7 +232,10 @@ class AssetService:
         if selection is not None:
             return {**select_lines(as_text(stored.content), selection), **common}
         if pattern is not None:
-            return {**grep(as_text(stored.content), pattern), **common}
+            # A search may run for up to its time budget: off the event loop, a few at a time.
+            text = as_text(stored.content)
+            found = await trio.to_thread.run_sync(grep, text, pattern, limiter=self._searches)
+            return {**found, **common}
         return {"content": base64.b64encode(stored.content).decode("ascii"), **common}
 
     async def upsert(self, script: str, name: str, mimetype: str, content: bytes) -> WriteResult:
