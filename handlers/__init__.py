@@ -4,7 +4,8 @@
 calls; it mounts every surface: Quart blueprints for the engine's own endpoints (``health``,
 ``admin``, ``streams`` for ``/engine/script_updates``, with ``_middleware``), and in front of
 them the plain-ASGI ``solutions`` dispatcher, which serves every path outside the engine's
-prefixes, SSE and WebSocket stream connections included.
+prefixes, SSE and WebSocket stream connections included.  ``_server_guard`` repairs two
+places where a client's protocol fault could stop hypercorn itself.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 from quart_trio import QuartTrio
 
 from engine.runtime import EngineRuntime
-from handlers import _middleware, admin, assets, health, solutions, streams
+from handlers import _middleware, _server_guard, admin, assets, health, solutions, streams
 
 
 def register(app: QuartTrio, runtime: EngineRuntime) -> None:
+    _server_guard.install()
     _middleware.install(app, runtime)
     app.register_blueprint(health.make_blueprint(runtime))
     app.register_blueprint(admin.make_blueprint(runtime))
