@@ -314,7 +314,7 @@ def check_url(url: str, *, allow: Sequence[IPNetwork] = ()) -> ParsedTarget:
     if address is not None:
         reason = is_blocked_ip(address, allow)
         if reason is not None:
-            raise BlockedDestination(f"{address} is a {reason}")
+            raise BlockedDestination(f"{address} is not allowed ({reason})")
     if not target.startswith("/"):
         target = "/" + target
     return ParsedTarget(scheme, host, port, target, address)
@@ -343,7 +343,7 @@ async def resolve_checked(
     if literal is not None:
         reason = is_blocked_ip(literal, allow)
         if reason is not None:
-            raise BlockedDestination(f"{literal} is a {reason}")
+            raise BlockedDestination(f"{literal} is not allowed ({reason})")
         return [literal]
     found: list[IPAddress] = []
     for text in await resolver(host, port):
@@ -352,7 +352,9 @@ async def resolve_checked(
             raise BlockedDestination(f"{host} resolved to an unreadable address {text!r}")
         reason = is_blocked_ip(address, allow)
         if reason is not None:
-            raise BlockedDestination(f"{host} resolves to {address}, a {reason}")
+            raise BlockedDestination(
+                f"{host} resolves to {address}, which is not allowed ({reason})"
+            )
         if address not in found:
             found.append(address)
     if not found:
