@@ -49,12 +49,12 @@ def install() -> None:
         from hypercorn.trio import tcp_server
     except ImportError:  # served by something else: nothing to repair
         return
-    if not (
-        hasattr(ws_stream, "WSStream")
-        and hasattr(ws_stream.WSStream, "_send_error_response")
-        and hasattr(tcp_server, "TCPServer")
-        and hasattr(tcp_server.TCPServer, "run")
-    ):
+    expected = (
+        *(hasattr(ws_stream, name) for name in ("WSStream", "Body", "Data", "StreamClosed")),
+        hasattr(getattr(ws_stream, "WSStream", None), "_send_error_response"),
+        hasattr(getattr(tcp_server, "TCPServer", None), "run"),
+    )
+    if not all(expected):
         log.warning("hypercorn internals changed; protocol-fault repairs not installed")
         return
     _refuse_early_frames(ws_stream)

@@ -176,10 +176,12 @@ async def sse_frames(
     """The bytes of an SSE response for ``subscription``, ending after the hub ends it.
 
     Every message is an unnamed event with its id; a comment keeps an idle connection alive
-    every ``heartbeat_s``; a resume that could not be honoured is announced by a ``missed``
-    event first; the hub's end is a last unnamed event ``{"error": "Stream error: ..."}``.
+    every ``heartbeat_s``; the hub's end is a last unnamed event ``{"error": "Stream error:
+    ..."}``.  A client that asked to resume and was not resumed gets a ``missed`` event first:
+    whether its id is older than the replay buffer or unknown here (from before a restart, from
+    another instance), messages may have been lost and the client should reload its state.
     """
-    if subscription.missed:
+    if last_event_id and not subscription.resumed:
         yield sse_event(
             "missed",
             {
@@ -475,6 +477,16 @@ class WebSocketTransport:
                 details=exc.details,
             )
             return policy.handler_failed(exc.message)
+        except Exception:
+            # An engine bug, not the script's: logged with its traceback, counted like a
+            # failure so that a connection that keeps hitting it ends.
+            log.exception(
+                "websocket message handling crashed",
+                path=path,
+                connection_id=connection_id,
+                handler_request_id=request_id,
+            )
+            return policy.handler_failed("Internal server error")
         policy.handler_succeeded()
         if reply:
             await socket.send_text(reply)

@@ -250,14 +250,29 @@ async def test_last_event_id_replays_what_was_missed_then_continues_live(feed: E
     assert "event: missed" not in reader.raw
 
 
-async def test_an_id_from_elsewhere_resumes_nothing_and_reports_nothing(feed: Engine) -> None:
+async def test_an_id_from_elsewhere_resumes_nothing_and_announces_missed(feed: Engine) -> None:
+    # An id from before a restart or from another instance: nothing can be replayed, and
+    # nothing proves that nothing was lost.
     with trio.fail_after(10):
         await send(feed, "before")
         async with sse(feed, "/feed", {"Last-Event-ID": "0123456789ab-1"}) as reader:
+            missed = await reader.message()
+            await send(feed, "live")
+            live = await reader.message()
+    assert missed.event == "missed"
+    assert json.loads(missed.data)["lastEventId"] == "0123456789ab-1"
+    assert live.data == "live"
+    assert "before" not in reader.raw
+
+
+async def test_a_first_connection_is_told_nothing_about_missed_messages(feed: Engine) -> None:
+    with trio.fail_after(10):
+        await send(feed, "before")
+        async with sse(feed, "/feed") as reader:
             await send(feed, "live")
             assert (await reader.message()).data == "live"
-    assert "before" not in reader.raw
     assert "event: missed" not in reader.raw
+    assert "before" not in reader.raw
 
 
 async def test_resuming_past_the_replay_buffer_announces_missed_messages(tmp_path: Path) -> None:
