@@ -380,7 +380,10 @@ def redirect_target(current_url: str, location: str) -> str:
     location = location.strip()
     if not location or _CONTROL_OR_SPACE.search(location):
         raise _invalid("bad redirect Location header")
-    return urllib.parse.urldefrag(urllib.parse.urljoin(current_url, location)).url
+    try:
+        return urllib.parse.urldefrag(urllib.parse.urljoin(current_url, location)).url
+    except ValueError:  # urllib's own complaints, such as an unbalanced "[" in the host
+        raise _invalid("bad redirect Location header") from None
 
 
 def redirect_method(status: int, method: str) -> str:

@@ -220,7 +220,7 @@ def test_with_no_trusted_proxies_the_socket_always_wins() -> None:
     assert client_ip("10.0.0.2", "198.51.100.9", []) == "10.0.0.2"
 
 
-def _canonical(text: str) -> str | None:
+def canonical_address(text: str) -> str | None:
     text = text.strip()
     if text.startswith("["):
         text = text[1:].partition("]")[0]
@@ -247,7 +247,7 @@ def test_the_client_is_the_peer_or_an_entry_the_proxies_wrote(
     peer: str, forwarded: str | None
 ) -> None:
     client = client_ip(peer, forwarded, PROXIES)
-    peer_address = _canonical(peer)
+    peer_address = canonical_address(peer)
     assert peer_address is not None
     if not forwarded or not any(
         ipaddress.ip_address(peer_address) in net
@@ -257,7 +257,7 @@ def test_the_client_is_the_peer_or_an_entry_the_proxies_wrote(
         assert client == peer_address
         return
     # Only entries right of (and including) the answer can have been read.
-    candidates = [peer_address] + [_canonical(entry) for entry in forwarded.split(",")]
+    candidates = [peer_address] + [canonical_address(entry) for entry in forwarded.split(",")]
     assert client in candidates
 
 
