@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,11 +26,7 @@ import attrs
 import structlog
 import trio
 
-from engine import convert
-from engine.asset_text import name_problem
-from engine.assets import METHODS as ASSET_METHODS
 from engine.assets import AssetHostApi
-from engine.convert import METHODS as CONVERT_METHODS
 from engine.errors import (
     EngineError,
     HostCallError,
@@ -41,7 +36,6 @@ from engine.errors import (
     StorageUnavailable,
     ValidationError,
 )
-from engine.flat_api import METHODS as FLAT_METHODS
 from engine.flat_api import FlatReadApi
 from engine.http_contract import (
     HttpResponse,
@@ -49,37 +43,27 @@ from engine.http_contract import (
     build_http_context,
     response_from_result,
 )
-from engine.logs import LogService, now_ms
-from engine.routing import MatchResult, Route, RouteMatch, RouteTable, reserved_prefix_of
-from engine.sandbox import Invocation, SandboxPool
-from engine.script_storage import METHODS as STORAGE_METHODS
-from engine.script_storage import ScriptStorageApi
-from engine.storage import Database, NewLogEntry, StoredScript
-from engine.stream_api import (
-    REGISTER_METHODS as STREAM_REGISTER_METHODS,
+from engine.invocation_host import (
+    AssetRoute,
+    InvocationHost,
+    fatal_message,
 )
+from engine.logs import LogService, now_ms
+from engine.routing import MatchResult, Route, RouteMatch, RouteTable
+from engine.sandbox import Invocation, SandboxPool
+from engine.script_storage import ScriptStorageApi
+from engine.storage import Database, StoredScript
 from engine.stream_api import (
     SCRIPT_UPDATES_PATH,
-    SEND_METHODS,
     StreamCustomizationFailed,
     StreamHostApi,
     StreamRoute,
-    customizer_problem,
-    late_path_problem,
-    path_problem,
-    reserved_check,
 )
 from engine.streams import StreamHub
 
 log = structlog.get_logger("aiwebengine.scripts")
 
-_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
 _MAX_URI_CHARS = 2048
-MAX_ASSET_PATH_CHARS = 500
-_NOT_IN_PHASE = (
-    "{api}: '{name}' not registered - registration only takes effect during script startup "
-    "and init()"
-)
 
 
 @attrs.frozen
@@ -88,18 +72,6 @@ class ScriptSettings:
     init_timeout_ms: int = 5000
     max_script_bytes: int = 1_000_000
     init_concurrency: int = 4
-
-
-@attrs.frozen
-class AssetRoute:
-    """``routeRegistry.registerAssetRoute``: an exact path serving one of the script's assets."""
-
-    path: str
-    script_uri: str
-    asset: str
-    summary: str | None = None
-    description: str | None = None
-    tags: tuple[str, ...] = ("Assets",)
 
 
 @attrs.frozen
@@ -158,250 +130,6 @@ def validate_script(uri: str, content: str, *, max_bytes: int) -> None:
         raise ValidationError("content", f"must be at most {max_bytes} bytes (got {size})")
 
 
-class _InvocationHost:
-    """The host side of one invocation: answers host calls and collects its log lines."""
-
-    def __init__(
-        self,
-        *,
-        script_uri: str,
-        request_id: str,
-        kind: str,
-        route: str | None,
-        registering: bool,
-        storage: ScriptStorageApi,
-        assets: AssetHostApi | None = None,
-        streams: StreamHostApi | None = None,
-        user_id: str | None = None,
-        flat: FlatReadApi | None = None,
-        writes: ScriptService | None = None,
-        held: tuple[str, ...] = (),
-        depth: int = 0,
-    ) -> None:
-        self.listeners: list[tuple[str, str]] = []
-        # How deep in dispatcher.sendMessage fan-outs this invocation runs (0: not a listener).
-        self.depth = depth
-        self.script_uri = script_uri
-        self.storage = storage
-        self.assets = assets
-        self.asset_routes: dict[str, AssetRoute] = {}
-        self.streams = streams
-        self.stream_routes: dict[str, StreamRoute] = {}
-        self.flat = flat
-        self.writes = writes
-        # Scripts whose init() runs up this invocation's chain (their locks are held).
-        self.held = held
-        # The caller's identity for personalStorage; None is anonymous (the only kind of
-        # caller until login exists: the login work fills this seam).
-        self.user_id = user_id
-        self.request_id = request_id
-        self.kind = kind
-        self.route = route
-        self.registering = registering
-        self.routes: dict[tuple[str, str], Route] = {}
-        self.lines: list[NewLogEntry] = []
-        # Log lines up to here are written by the caller.  If the caller stops waiting (the
-        # client hung up) the invocation carries on, and finish() writes what follows.
-        self.written = 0
-        self.abandoned = False
-        self._writer: LogService | None = None
-        self._handler = ""
-
-    def hand_over(self, logs: LogService, handler: str) -> None:
-        """The caller left: from now on ``finish`` writes the rest of the log."""
-        self.written = len(self.lines)
-        self.abandoned = True
-        self._writer = logs
-        self._handler = handler
-
-    async def finish(self, error: BaseException | None) -> None:
-        if not self.abandoned or self._writer is None:
-            return
-        if isinstance(error, EngineError):
-            self.lines.append(self.entry("FATAL", _fatal_message(self._handler, error)))
-        await self._writer.write(self.lines[self.written :])
-
-    def log(self, level: str, message: str, timestamp_ms: int) -> None:
-        self.lines.append(self.entry(level, message, timestamp_ms))
-
-    def entry(self, level: str, message: str, timestamp_ms: int | None = None) -> NewLogEntry:
-        return NewLogEntry(
-            script_uri=self.script_uri,
-            level=level,
-            message=message,
-            timestamp=now_ms() if timestamp_ms is None else timestamp_ms,
-            request_id=self.request_id,
-            kind=self.kind,
-            route=self.route,
-        )
-
-    async def call(self, name: str, args: list[Any]) -> Any:
-        if name == "routeRegistry.registerRoute":
-            return self.register_route(*_pad(args, 4))
-        if name in STORAGE_METHODS:
-            return await self.storage.call(
-                name, args, script_uri=self.script_uri, user_id=self.user_id
-            )
-        if name in ASSET_METHODS and self.assets is not None:
-            return await self.assets.call(name, args, script_uri=self.script_uri)
-        if name == "routeRegistry.registerAssetRoute" and self.assets is not None:
-            return await self.register_asset_route(*_pad(args, 3))
-        if name in STREAM_REGISTER_METHODS:
-            return self.register_stream(name, args)
-        if name in SEND_METHODS and self.streams is not None:
-            return self.streams.call(name, args)
-        if name in FLAT_METHODS and self.flat is not None:
-            return await self.flat.call(name, args)
-        if name in CONVERT_METHODS:
-            return await convert.call(name, args)
-        if name in ("upsertScript", "deleteScript") and self.writes is not None:
-            return await self._write(name, args)
-        if name == "dispatcher.registerListener":
-            return self.register_listener(*_pad(args, 2))
-        if name == "dispatcher.sendMessage" and self.writes is not None:
-            message_type, data = _pad(args, 2)
-            return await self.writes.dispatch(message_type, data, depth=self.depth + 1)
-        raise HostCallError(f"{name} is not available in this engine version")
-
-    async def _write(self, name: str, args: list[Any]) -> Any:
-        """v0.9 ``upsertScript(uri, content)`` and ``deleteScript(uri)``."""
-        assert self.writes is not None
-        uri = args[0] if args else None
-        if not isinstance(uri, str) or not uri.strip():
-            raise HostCallError(f"{name}: the script URI must be a non-empty string")
-        try:
-            if name == "deleteScript":
-                return await self.writes.delete(uri, held=self.held)
-            content = args[1] if len(args) > 1 else None
-            if not isinstance(content, str):
-                return "Error: content: must be a string"
-            await self.writes.upsert(uri, content, held=self.held)
-        except ValidationError as exc:
-            if exc.field == "chain":
-                raise HostCallError(f"{name}: {exc.rule}") from None
-            return f"Error: {exc.message}"
-        except StorageUnavailable:
-            raise HostCallError(f"{name}: storage is unavailable, try again later") from None
-        return f"Script '{uri}' upserted successfully"
-
-    def register_listener(self, message_type: Any, handler: Any) -> str:
-        api = "dispatcher.registerListener"
-        if not isinstance(message_type, str) or not message_type.strip():
-            return f"{api}: message type cannot be empty"
-        if not isinstance(handler, str) or not handler.strip():
-            return f"{api}: handler name cannot be empty"
-        if not self.registering:
-            return _NOT_IN_PHASE.format(api=api, name=message_type)
-        self.listeners.append((message_type, handler))
-        return f"Registered listener for message type '{message_type}': handler '{handler}'"
-
-    def register_stream(self, name: str, args: list[Any]) -> str:
-        """``registerStreamRoute(path, customizer?, metadata?)``, the v0.9
-        ``registerWebStream(path)`` and ``registerWebSocketRoute(path, handler, options?)``."""
-        websocket = name == "routeRegistry.registerWebSocketRoute"
-        api = name if name.startswith("routeRegistry.") else "routeRegistry.registerStreamRoute"
-        path, second, third = _pad(args, 3)
-        path = reserved_check(path, api)
-        problem = path_problem(path)
-        if problem is not None:
-            return problem
-        on_message: str | None = None
-        if websocket:
-            if not isinstance(second, str) or not second.strip():
-                raise HostCallError(f"{api}: the message handler must be a function or its name")
-            on_message = second
-            options = third if isinstance(third, Mapping) else {}
-            customizer = options.get("customizationFunction")
-            metadata: Any = options
-        else:
-            customizer = second if name != "registerWebStream" else None
-            metadata = third
-        if not self.registering:
-            return _NOT_IN_PHASE.format(api=api, name=path)
-        problem = late_path_problem(path) or customizer_problem(customizer)
-        if problem is not None:
-            return problem
-        summary, description, tags = _route_metadata(metadata)
-        self.stream_routes.pop(path, None)  # the same path twice: the last one wins
-        self.stream_routes[path] = StreamRoute(
-            path=path,
-            script_uri=self.script_uri,
-            customizer=customizer,
-            on_message=on_message,
-            summary=summary,
-            description=description,
-            tags=tags or ("Streams",),
-        )
-        kind = "WebSocket stream" if websocket else "Web stream"
-        return f"{kind} '{path}' registered successfully"
-
-    async def register_asset_route(self, path: Any, asset: Any, metadata: Any) -> str:
-        assert self.assets is not None
-        api = "routeRegistry.registerAssetRoute"
-        if not isinstance(path, str):
-            raise HostCallError(f"{api}: path must be a string")
-        prefix = reserved_prefix_of(path)
-        if prefix is not None:
-            raise HostCallError(f"Path '{path}' is reserved for the engine (prefix '{prefix}')")
-        if not path.startswith("/") or len(path) > MAX_ASSET_PATH_CHARS:
-            return (
-                f"Invalid asset path '{path}': path must start with '/' and be at most "
-                f"{MAX_ASSET_PATH_CHARS} characters"
-            )
-        problem = name_problem(asset)
-        if problem is not None:
-            return problem
-        if not self.registering:
-            return _NOT_IN_PHASE.format(api=api, name=path)
-        try:
-            exists = await self.assets.exists(self.script_uri, asset)
-        except StorageUnavailable:
-            raise HostCallError(f"{api}: storage is unavailable, try again later") from None
-        if not exists:
-            return f"Asset '{asset}' not found or not owned by script '{self.script_uri}'"
-        summary, description, tags = _route_metadata(metadata)
-        self.asset_routes.pop(path, None)  # the same path twice: the last one wins
-        self.asset_routes[path] = AssetRoute(
-            path=path,
-            script_uri=self.script_uri,
-            asset=asset,
-            summary=summary,
-            description=description,
-            tags=tags or ("Assets",),
-        )
-        return f"Asset path '{path}' registered to asset '{asset}'"
-
-    def register_route(self, path: Any, handler: Any, method: Any, metadata: Any) -> str:
-        api = "routeRegistry.registerRoute"
-        if not isinstance(path, str):
-            raise HostCallError(f"{api}: path must be a string")
-        prefix = reserved_prefix_of(path)
-        if prefix is not None:
-            raise HostCallError(f"Path '{path}' is reserved for the engine (prefix '{prefix}')")
-        if not isinstance(handler, str) or not handler.strip():
-            raise HostCallError(f"{api}: handler must be the name of a function")
-        if method is None:
-            method = "GET"
-        if not isinstance(method, str) or not _METHOD.match(method.strip().upper()):
-            raise HostCallError(f'{api}: method must be an HTTP method name such as "GET"')
-        method = method.strip().upper()
-        if not self.registering:
-            return _NOT_IN_PHASE.format(api=api, name=path)
-        summary, description, tags = _route_metadata(metadata)
-        key = (path, method)
-        self.routes.pop(key, None)  # the same (path, method) twice: the last one wins
-        self.routes[key] = Route(
-            script_uri=self.script_uri,
-            path=path,
-            method=method,
-            handler=handler,
-            summary=summary,
-            description=description,
-            tags=tags,
-        )
-        return f"Route '{method} {path}' registered to handler '{handler}'"
-
-
 MAX_CHAIN = 4
 MAX_DISPATCH_DEPTH = 3
 
@@ -432,23 +160,6 @@ def _check_chain(uri: str, held: tuple[str, ...]) -> None:
         )
 
 
-def _pad(args: list[Any], count: int) -> list[Any]:
-    return list(args[:count]) + [None] * max(0, count - len(args))
-
-
-def _route_metadata(metadata: Any) -> tuple[str | None, str | None, tuple[str, ...]]:
-    if not isinstance(metadata, Mapping):
-        return None, None, ()
-    summary = metadata.get("summary")
-    description = metadata.get("description")
-    tags = metadata.get("tags")
-    return (
-        summary if isinstance(summary, str) else None,
-        description if isinstance(description, str) else None,
-        tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
-    )
-
-
 class ScriptService:
     def __init__(
         self,
@@ -476,9 +187,9 @@ class ScriptService:
         self._locks: dict[str, trio.Lock] = {}
         self._ids = itertools.count(1)
 
-    def _host(self, script_uri: str, request_id: str, kind: str, **options: Any) -> _InvocationHost:
+    def _host(self, script_uri: str, request_id: str, kind: str, **options: Any) -> InvocationHost:
         """An invocation host wired to this service's host APIs."""
-        return _InvocationHost(
+        return InvocationHost(
             script_uri=script_uri,
             request_id=request_id,
             kind=kind,
@@ -800,7 +511,7 @@ class ScriptService:
             )
             return True
         except EngineError as exc:
-            host.lines.append(host.entry("FATAL", _fatal_message(handler, exc)))
+            host.lines.append(host.entry("FATAL", fatal_message(handler, exc)))
             return False
         finally:
             with trio.CancelScope(shield=True):
@@ -898,7 +609,7 @@ class ScriptService:
                 )
             return result.value
         except EngineError as exc:
-            host.lines.append(host.entry("FATAL", _fatal_message(handler, exc)))
+            host.lines.append(host.entry("FATAL", fatal_message(handler, exc)))
             raise
         finally:
             with trio.CancelScope(shield=True):
@@ -946,7 +657,7 @@ class ScriptService:
             except ScriptResponseError as exc:
                 raise ScriptFailed(exc.details) from None
         except EngineError as exc:
-            host.lines.append(host.entry("FATAL", _fatal_message(route.handler, exc)))
+            host.lines.append(host.entry("FATAL", fatal_message(route.handler, exc)))
             raise
         except trio.Cancelled:
             host.hand_over(self._logs, route.handler)
@@ -960,10 +671,3 @@ class ScriptService:
 def iso_timestamp() -> str:
     moment = datetime.now(UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _fatal_message(handler: str, exc: EngineError) -> str:
-    if exc.code == "SCRIPT_TIMEOUT" and exc.details:
-        return exc.details
-    detail = f": {exc.details}" if exc.details else ""
-    return f"Handler '{handler}' failed with {exc.code}{detail}"

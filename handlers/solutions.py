@@ -33,9 +33,10 @@ from engine.http_contract import (
     error_envelope,
     parse_form,
 )
+from engine.invocation_host import AssetRoute
 from engine.routing import MethodNotAllowed, RouteMatch, reserved_prefix_of
 from engine.runtime import EngineRuntime
-from engine.scripts import AssetRoute, LoadedScript
+from engine.scripts import LoadedScript
 from handlers import streams
 from handlers._responses import retry_after_headers
 
