@@ -34,9 +34,11 @@ Contract:
   Tartiflette schema name and removes it from Tartiflette's global registry afterwards.
 * **Limits.**  :func:`check_query` enforces size and depth (fragments expanded) before
   execution; ``execute`` itself only refuses nesting deep enough to crash the C parser.
+  :func:`operation_of` tells which kind of operation a query would run (to route
+  subscriptions), without a schema.
 """
 
-from engine.graphql._limits import check_query
+from engine.graphql._limits import check_query, operation_of
 from engine.graphql._model import (
     Audience,
     FieldRegistration,
@@ -69,4 +71,5 @@ __all__ = [
     "check_fragment",
     "check_query",
     "graphql_runtime",
+    "operation_of",
 ]

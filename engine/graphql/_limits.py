@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from tartiflette.language.parsers.libgraphqlparser.parser import _parse_to_json_ast
 from tartiflette.types.exceptions.tartiflette import GraphQLSyntaxError
 
-from engine.graphql._model import QueryRejected
+from engine.graphql._model import Operation, QueryRejected
 
 # Far below where the C parser crashes (thousands of levels) and far above what a real query
 # needs: selection depth is limited to 15 by default, input values rarely nest past 5.
@@ -79,6 +79,37 @@ def check_query(query: str, *, max_chars: int = 100_000, max_depth: int = 15) ->
         raise QueryRejected(f"the query is {depth} levels deep; the limit is {max_depth}")
 
 
+def operation_of(query: str, operation_name: str | None = None) -> Operation:
+    """The kind of the operation ``query`` would run, as GraphQL picks it.
+
+    Raises :class:`QueryRejected` when the query does not parse (or is nested dangerously
+    deep), has no operation, names an operation it does not contain, or has several
+    operations and no ``operation_name``.
+    """
+    if not isinstance(query, str):
+        raise QueryRejected("the query must be a string")
+    problem = nesting_problem(query)
+    if problem is not None:
+        raise QueryRejected(problem)
+    operations = [
+        definition
+        for definition in _parse(query).get("definitions") or ()
+        if definition.get("kind") == "OperationDefinition"
+    ]
+    if operation_name is not None:
+        operations = [o for o in operations if (o.get("name") or {}).get("value") == operation_name]
+        if not operations:
+            raise QueryRejected(f"the query has no operation named '{operation_name}'")
+    if not operations:
+        raise QueryRejected("the query has no operation")
+    if len(operations) > 1:
+        raise QueryRejected("the query has several operations: name the one to run")
+    kind = operations[0].get("operation")
+    if kind not in ("query", "mutation", "subscription"):  # pragma: no cover - parser's words
+        raise QueryRejected(f"unknown operation type {kind!r}")
+    return cast(Operation, kind)
+
+
 def _parse(query: str) -> dict[str, Any]:
     try:
         encoded = query.encode("utf-8")
@@ -87,12 +118,24 @@ def _parse(query: str) -> dict[str, Any]:
     try:
         document = json.loads(_parse_to_json_ast(encoded))
     except GraphQLSyntaxError as error:
-        raise QueryRejected(f"syntax error: {error.message}") from None
+        raise QueryRejected(_syntax_message(str(error.message))) from None
     except RecursionError:
         raise QueryRejected("the query is nested too deeply") from None
     if not isinstance(document, dict):  # pragma: no cover - the parser always gives a Document
         raise QueryRejected("the query could not be parsed")
     return document
+
+
+def _syntax_message(message: str) -> str:
+    # libgraphqlparser says "1.11: syntax error, unexpected EOF" (or "1.3-5: ...").
+    located = _LOCATED.match(message)
+    if located is None:
+        return f"syntax error: {message}"
+    line, column, detail = located.groups()
+    return f"syntax error at line {line}, column {column}: {detail}"
+
+
+_LOCATED = re.compile(r"(\d+)\.(\d+)(?:-\d+)?: (?:syntax error, )?(.*)", re.S)
 
 
 def _document_depth(document: dict[str, Any]) -> int:
@@ -118,7 +161,7 @@ def _document_depth(document: dict[str, Any]) -> int:
             _resolve(name, fragments, resolved)
     deepest = 0
     for own, spreads in operations:
-        deepest = max(deepest, own, *(at + resolved.get(name, 0) for name, at in spreads))
+        deepest = max([deepest, own, *(at + resolved.get(name, 0) for name, at in spreads)])
     return deepest
 
 
@@ -147,7 +190,7 @@ def _resolve(
         stack.pop()
         on_path.discard(name)
         own, spreads = fragments[name]
-        resolved[name] = max(own, *(at + resolved.get(g, 0) for g, at in spreads))
+        resolved[name] = max([own, *(at + resolved.get(g, 0) for g, at in spreads)])
 
 
 def _flatten(selection_set: dict[str, Any] | None) -> tuple[int, list[tuple[str, int]]]:

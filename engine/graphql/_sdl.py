@@ -110,7 +110,7 @@ def name_problem(name: str, what: str) -> str | None:
         return f"{what} name is longer than {MAX_NAME_CHARS} characters"
     if not all(c == "_" or (c.isascii() and c.isalnum()) for c in name) or name[0].isdigit():
         return (
-            f"{what} name '{name}' is not a GraphQL name (letters, digits and _, not a digit first)"
+            f"{what} name '{name}' is not a GraphQL name (ASCII letters, digits, _; no digit first)"
         )
     if name.startswith("__"):
         return f"{what} name '{name}' starts with '__', which GraphQL reserves for introspection"
@@ -188,18 +188,17 @@ def _parse_fragment(operation: str, sdl: str) -> Any:
     root = ROOT_TYPES[operation]  # type: ignore[index]
     wrapped, bare_error = _parse(f"type {root} {{\n{sdl}\n}}")
     if wrapped is not None:
-        # A bare "field } type X {" would sneak in a second block through the wrapper.
+        # A bare "field } type X {" would sneak a second block in through the wrapper.
         if len(wrapped.definitions) == 1:
             return wrapped
-        bare_error = (0, 0, "a bare field cannot close its own block")
+        raise _Problem("a bare field cannot close its own block")
     assert doc_error is not None and bare_error is not None
     line, column, message = doc_error
-    if bare_error[:2] > (1, 0):
-        bare_line = bare_error[0] - 1
-        if (bare_line, bare_error[1]) > (line, column):
-            line, column, message = bare_line, bare_error[1], bare_error[2]
-            if line > sdl.count("\n") + 1:
-                line, column, message = 0, 0, f"{message} (the field is incomplete)"
+    bare_line, bare_column, bare_message = bare_error[0] - 1, bare_error[1], bare_error[2]
+    if bare_line > 0 and (bare_line, bare_column) > (line, column):
+        line, column, message = bare_line, bare_column, bare_message
+        if line > sdl.count("\n") + 1:  # on the wrapper's closing line
+            line, column, message = 0, 0, "the field is incomplete"
     if line <= 0:
         raise _Problem(f"syntax error: {message}")
     raise _Problem(f"syntax error at line {line}, column {column}: {message}")
@@ -405,7 +404,7 @@ def _value(node: Any) -> str:
     if isinstance(node, ast.FloatValueNode):
         number = float(node.value)
         if not math.isfinite(number):
-            raise _Problem(f"the number {node.value} is out of range")
+            raise _Problem("a number in the SDL is out of range")
         return repr(number)
     if isinstance(node, ast.EnumValueNode):
         return str(node.value)
@@ -417,7 +416,9 @@ def _value(node: Any) -> str:
 
 
 def _description(node: Any) -> str | None:
-    return None if node is None else string_literal(node.value)
+    # An empty description is dropped: Tartiflette's grammar cannot read back '""' before a
+    # definition, though it accepts an empty block string.
+    return None if node is None or not node.value else string_literal(node.value)
 
 
 def string_literal(text: str) -> str:
