@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -89,7 +89,7 @@ class BuiltSchema:
         operation_name: str | None = None,
         *,
         context: Mapping[str, Any] | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Yield one execution result per payload of the subscription's source.
 
         An invalid request yields its error response once and ends.  The source (opened with
