@@ -220,6 +220,23 @@ async def test_resolvers_receive_coerced_arguments_info_and_context(
     assert scripts.calls[-1][1] == {"first": 10}  # defaults applied
 
 
+async def test_query_fields_resolve_concurrently(runtime: GraphQLRuntime) -> None:
+    a_started, b_started = trio.Event(), trio.Event()
+
+    async def wait_for(mine: trio.Event, other: trio.Event) -> str:
+        mine.set()
+        await other.wait()  # serial resolution would wait here forever
+        return "done"
+
+    scripts = FakeScripts(
+        a=lambda args, info: wait_for(a_started, b_started),
+        b=lambda args, info: wait_for(b_started, a_started),
+    )
+    schema = await build(runtime, [reg("a", "a: String"), reg("b", "b: String")], scripts)
+    with trio.fail_after(2):
+        assert await schema.execute("{ a b }") == {"data": {"a": "done", "b": "done"}}
+
+
 async def test_mutation_fields_run_one_after_another(runtime: GraphQLRuntime) -> None:
     log: list[str] = []
 

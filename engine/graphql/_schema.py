@@ -250,7 +250,7 @@ class _TrialBuilder:
         for _ in range(2):
             still: list[_Item] = []
             for item in pending:
-                outcome = self._attempt([*kept, item])
+                outcome = self._attempt([*kept, item], explain=True)
                 if isinstance(outcome, str):
                     problems[id(item)] = outcome
                     still.append(item)
@@ -264,14 +264,16 @@ class _TrialBuilder:
             for item in pending
         ]
 
-    def _attempt(self, items: list[_Item]) -> tuple[Engine, MergedSchema] | str:
+    def _attempt(
+        self, items: list[_Item], *, explain: bool = False
+    ) -> tuple[Engine, MergedSchema] | str:
         merger = SchemaMerger()
         for reg, fragment in items:
             problem = merger.add(reg, fragment)
             assert problem is None, problem  # conflicts were settled before any build
         merged = merger.result()
         try:
-            return _engine.build_engine(merged, self._resolve, self._loop), merged
+            return _engine.build_engine(merged, self._resolve, self._loop, explain=explain), merged
         except BuildFailed as error:
             return str(error)
 
