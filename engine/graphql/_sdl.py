@@ -29,6 +29,7 @@ from engine.graphql._model import (
     ROOT_TYPES,
     FieldRegistration,
     FragmentError,
+    Operation,
 )
 
 Kind = Literal["type", "interface", "input", "enum", "union", "scalar"]
@@ -176,7 +177,7 @@ def _describe_syntax_error(error: lark.exceptions.UnexpectedInput) -> tuple[int,
     return line, column, f"unexpected {what}"
 
 
-def _parse_fragment(operation: str, sdl: str) -> Any:
+def _parse_fragment(operation: Operation, sdl: str) -> Any:
     """Parse ``sdl`` as a document, or else as a bare field of the operation's root type.
 
     When both fail, the error that got further into the text is reported: a typo in a bare
@@ -185,7 +186,7 @@ def _parse_fragment(operation: str, sdl: str) -> Any:
     document, doc_error = _parse(sdl)
     if document is not None:
         return document
-    root = ROOT_TYPES[operation]  # type: ignore[index]
+    root = ROOT_TYPES[operation]
     wrapped, bare_error = _parse(f"type {root} {{\n{sdl}\n}}")
     if wrapped is not None:
         # A bare "field } type X {" would sneak a second block in through the wrapper.
@@ -204,9 +205,9 @@ def _parse_fragment(operation: str, sdl: str) -> Any:
     raise _Problem(f"syntax error at line {line}, column {column}: {message}")
 
 
-def _analyze(operation: str, name: str, sdl: str) -> Fragment:
+def _analyze(operation: Operation, name: str, sdl: str) -> Fragment:
     document = _parse_fragment(operation, sdl)
-    root = ROOT_TYPES[operation]  # type: ignore[index]
+    root = ROOT_TYPES[operation]
     field: Member | None = None
     types: dict[str, TypeDecl] = {}
     for definition in document.definitions:
