@@ -27,6 +27,13 @@ from engine.errors import (
 )
 from engine.flat_api import METHODS as FLAT_METHODS
 from engine.flat_api import FlatReadApi
+from engine.graphql import FieldRegistration
+from engine.graphql_api import EXECUTE as GRAPHQL_EXECUTE
+from engine.graphql_api import REGISTER_METHODS as GRAPHQL_REGISTER_METHODS
+from engine.graphql_api import SEND_METHODS as GRAPHQL_SEND_METHODS
+from engine.graphql_api import GraphQLHostApi
+from engine.graphql_api import registered as graphql_registered
+from engine.graphql_api import registration as graphql_registration
 from engine.logs import LogService, now_ms
 from engine.routing import Route, reserved_prefix_of
 from engine.script_storage import METHODS as STORAGE_METHODS
@@ -82,6 +89,7 @@ class InvocationHost:
         storage: ScriptStorageApi,
         assets: AssetHostApi | None = None,
         streams: StreamHostApi | None = None,
+        graphql: GraphQLHostApi | None = None,
         user_id: str | None = None,
         flat: FlatReadApi | None = None,
         writes: ScriptService | None = None,
@@ -97,6 +105,8 @@ class InvocationHost:
         self.asset_routes: dict[str, AssetRoute] = {}
         self.streams = streams
         self.stream_routes: dict[str, StreamRoute] = {}
+        self.graphql = graphql
+        self.graphql_fields: dict[tuple[str, str], FieldRegistration] = {}
         self.flat = flat
         self.writes = writes
         # Scripts whose init() runs up this invocation's chain (their locks are held).
@@ -160,6 +170,10 @@ class InvocationHost:
             return self.register_stream(name, args)
         if name in SEND_METHODS and self.streams is not None:
             return self.streams.call(name, args)
+        if name in GRAPHQL_REGISTER_METHODS:
+            return self.register_graphql(name, args)
+        if (name in GRAPHQL_SEND_METHODS or name == GRAPHQL_EXECUTE) and self.graphql is not None:
+            return await self.graphql.call(name, args, depth=self.depth)
         if name in FLAT_METHODS and self.flat is not None:
             return await self.flat.call(name, args)
         if name in CONVERT_METHODS:
@@ -204,6 +218,19 @@ class InvocationHost:
             return NOT_IN_PHASE.format(api=api, name=message_type)
         self.listeners.append((message_type, handler))
         return f"Registered listener for message type '{message_type}': handler '{handler}'"
+
+    def register_graphql(self, name: str, args: list[Any]) -> str:
+        operation = GRAPHQL_REGISTER_METHODS[name]
+        if not self.registering:
+            api = f"graphQLRegistry.register{operation.capitalize()}"
+            return NOT_IN_PHASE.format(api=api, name=args[0] if args else None)
+        field = graphql_registration(name, args, script_uri=self.script_uri)
+        if isinstance(field, str):
+            return field
+        key = (operation, field.name)
+        self.graphql_fields.pop(key, None)  # the same name twice: the last one wins
+        self.graphql_fields[key] = field
+        return graphql_registered(operation, field.name)
 
     def register_stream(self, name: str, args: list[Any]) -> str:
         """``registerStreamRoute(path, customizer?, metadata?)``, the v0.9

@@ -22,6 +22,8 @@ from engine import __version__
 from engine.assets import AssetService
 from engine.breaker import CircuitBreaker
 from engine.config import Config
+from engine.graphql import GraphQLRuntime
+from engine.graphql_service import GraphQLService
 from engine.logs import LogService
 from engine.sandbox import PoolSettings, SandboxPool
 from engine.scripts import ScriptService, ScriptSettings
@@ -66,6 +68,8 @@ class EngineRuntime:
         self._scripts: ScriptService | None = None
         self._logs: LogService | None = None
         self._assets: AssetService | None = None
+        self._graphql: GraphQLService | None = None
+        self._graphql_cancel: trio.CancelScope | None = None
         streams = config.streams
         # Subscribers live here from the first connection to the last: the hub exists for the
         # runtime's whole life, so transports never see it missing.
@@ -92,6 +96,11 @@ class EngineRuntime:
     def scripts(self) -> ScriptService:
         assert self._scripts is not None, "engine not started"
         return self._scripts
+
+    @property
+    def graphql(self) -> GraphQLService:
+        assert self._graphql is not None, "engine not started"
+        return self._graphql
 
     @property
     def assets(self) -> AssetService:
@@ -133,6 +142,11 @@ class EngineRuntime:
             self.streams,
         )
         self._assets = AssetService(self._database.assets, self._scripts.reinit)
+        graphql_runtime: GraphQLRuntime = await nursery.start(self._run_graphql)
+        self._graphql = GraphQLService(
+            graphql_runtime, self._scripts.resolve_field, self._scripts.subscription_source
+        )
+        await self._scripts.attach_graphql(self._graphql)
         # Only a brand-new database gets the example: one an administrator emptied stays empty.
         if config.server.install_example and self._database.created:
             source = resources.files("engine.examples").joinpath("hello.js").read_text("utf-8")
@@ -159,12 +173,22 @@ class EngineRuntime:
             finally:
                 self._stopped.set()
 
+    async def _run_graphql(
+        self, *, task_status: trio.TaskStatus[GraphQLRuntime] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        # GraphQL's asyncio loop lives as long as the engine; stop() closes it.
+        with trio.CancelScope() as scope:
+            self._graphql_cancel = scope
+            await GraphQLRuntime.run(task_status=task_status)
+
     async def wait_started(self) -> None:
         await self._started_event.wait()
 
     async def stop(self) -> None:
         self.started = False
         self.streams.close_all("the engine is shutting down")
+        if self._graphql_cancel is not None:
+            self._graphql_cancel.cancel()
         if self._cancel is not None:
             self._cancel.cancel()
             with trio.move_on_after(10):

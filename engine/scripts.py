@@ -18,7 +18,8 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,9 +38,13 @@ from engine.errors import (
     ValidationError,
 )
 from engine.flat_api import FlatReadApi
+from engine.graphql import FieldRegistration, QueryRejected, ResolveError, ResolveInfo
+from engine.graphql_api import GraphQLHostApi, subscription_path
+from engine.graphql_service import GraphQLService, SchemaPair
 from engine.http_contract import (
     HttpResponse,
     ScriptResponseError,
+    anonymous_auth,
     build_http_context,
     response_from_result,
 )
@@ -85,6 +90,7 @@ class LoadedScript:
     listeners: tuple[tuple[str, str], ...] = ()  # (message type, handler name)
     asset_routes: tuple[AssetRoute, ...] = ()
     streams: tuple[StreamRoute, ...] = ()
+    graphql: tuple[FieldRegistration, ...] = ()
 
 
 @attrs.frozen
@@ -179,6 +185,9 @@ class ScriptService:
         # Stream paths likewise; the hub holds their subscribers.
         self._stream_paths: dict[str, StreamRoute] = {}
         self.hub = hub if hub is not None else StreamHub()
+        self.graphql: GraphQLService | None = None
+        self._graphql_lock = trio.Lock()
+        self._graphql_api = GraphQLHostApi(self.hub, self._execute_graphql)
         self._streams = StreamHostApi(self.hub, self._stream_paths.keys())
         self._flat = FlatReadApi(database, logs)
         self.settings = settings
@@ -196,6 +205,7 @@ class ScriptService:
             storage=self._storage,
             assets=self._assets,
             streams=self._streams,
+            graphql=self._graphql_api,
             flat=self._flat,
             writes=self,
             **options,
@@ -300,7 +310,9 @@ class ScriptService:
         _check_chain(uri, held)
         async with self._lock(uri):
             existed = await self._database.scripts.delete(uri)
+            previous = self._loaded.get(uri)
             self._unload(uri)
+            await self._drop_graphql(uri, previous)
         self._locks.pop(uri, None)
         if existed:
             self._announce(uri, "removed", content_length=0, previous_exists=True)
@@ -311,6 +323,211 @@ class ScriptService:
             self._table = self._table.without_script(uri)
             self._rebuild_paths()
         self._pool.forget_script(uri)
+
+    def _swap(
+        self,
+        stored: StoredScript,
+        key: str,
+        host: InvocationHost,
+        fields: tuple[FieldRegistration, ...],
+    ) -> None:
+        """Install a version with everything it registered, in one step: nothing awaits here."""
+        previous = self._loaded.get(stored.uri)
+        version = LoadedScript(
+            stored.uri,
+            key,
+            stored.content,
+            tuple(host.routes.values()),
+            tuple(dict.fromkeys(host.listeners)),  # registered twice: once
+            tuple(host.asset_routes.values()),
+            tuple(host.stream_routes.values()),
+            fields,
+        )
+        self._loaded[stored.uri] = version
+        self._table = self._table.with_script(stored.uri, version.routes)
+        self._rebuild_paths()
+        if previous is not None and previous.key != key:
+            # A new version starts with a clean record.
+            self._pool.forget_script(stored.uri)
+
+    # -- GraphQL ---------------------------------------------------------------------------
+
+    async def attach_graphql(self, service: GraphQLService) -> None:
+        """Serve GraphQL through ``service`` from now on, starting with the loaded scripts."""
+        self.graphql = service
+        async with self._graphql_lock:
+            service.install(await service.build(self._graphql_fields()))
+
+    def _touches_graphql(
+        self, previous: LoadedScript | None, fields: tuple[FieldRegistration, ...]
+    ) -> bool:
+        return self.graphql is not None and bool(fields or (previous and previous.graphql))
+
+    def _graphql_fields(
+        self, uri: str | None = None, fields: tuple[FieldRegistration, ...] = ()
+    ) -> list[FieldRegistration]:
+        """Every loaded script's fields in load order, ``uri``'s replaced by ``fields``."""
+        collected: list[FieldRegistration] = []
+        for script in self._loaded.values():
+            collected.extend(fields if script.uri == uri else script.graphql)
+        if uri is not None and uri not in self._loaded:
+            collected.extend(fields)
+        return collected
+
+    async def _build_graphql(
+        self, uri: str, fields: tuple[FieldRegistration, ...]
+    ) -> tuple[SchemaPair, str | None]:
+        """A schema with ``uri``'s new fields, and why some of them were refused (or None)."""
+        assert self.graphql is not None
+        pair = await self.graphql.build(self._graphql_fields(uri, fields))
+        refused = {
+            str(problem): None
+            for problem in (*pair.external.rejected, *pair.engine.rejected)
+            if problem.script_uri == uri
+        }
+        return pair, "; ".join(refused) if refused else None
+
+    def _graphql_install(self, pair: SchemaPair) -> None:
+        assert self.graphql is not None
+        self.graphql.install(pair)
+
+    async def _drop_graphql(self, uri: str, previous: LoadedScript | None) -> None:
+        if self.graphql is None or previous is None or not previous.graphql:
+            return
+        async with self._graphql_lock:
+            self.graphql.install(await self.graphql.build(self._graphql_fields()))
+
+    async def _execute_graphql(
+        self, query: str, variables: dict[str, Any] | None, depth: int
+    ) -> dict[str, Any]:
+        """``graphQLRegistry.executeGraphQL``: the engine audience, resolvers on their own
+        workers (the caller holds one), nesting bounded like messages."""
+        if self.graphql is None:
+            return {"errors": [{"message": "GraphQL is not available"}]}
+        if depth >= MAX_DISPATCH_DEPTH:
+            return {
+                "errors": [
+                    {"message": f"executeGraphQL may nest at most {MAX_DISPATCH_DEPTH} levels deep"}
+                ]
+            }
+        try:
+            return await self.graphql.execute(
+                query,
+                variables,
+                None,
+                request_id=f"gql_{now_ms()}_{next(self._ids)}",
+                audience="engine",
+                nested=True,
+                depth=depth + 1,
+            )
+        except QueryRejected as exc:
+            return {"errors": [{"message": str(exc)}]}
+
+    async def resolve_field(
+        self, field: FieldRegistration, arguments: dict[str, Any] | None, info: ResolveInfo
+    ) -> Any:
+        """Run a query or mutation field's resolver (kind ``graphqlQuery``/``graphqlMutation``)."""
+        if field.resolver is None:
+            raise ResolveError(f"field '{field.name}' has no resolver")
+        kind = "graphqlMutation" if field.operation == "mutation" else "graphqlQuery"
+        request_id = str(info.context.get("request_id") or f"gql_{now_ms()}_{next(self._ids)}")
+        context: dict[str, Any] = {
+            "kind": kind,
+            "invocationId": request_id,
+            "scriptUri": field.script_uri,
+            "handlerName": field.resolver,
+            "request": {
+                "path": "/graphql",
+                "method": "POST",
+                "query": {},
+                "form": {},
+                "params": {},
+                "files": [],
+                "body": None,
+                "auth": anonymous_auth(),
+            },
+            "args": arguments if arguments else None,
+            "meta": {"graphql": {"fieldName": field.name, "operation": field.operation}},
+        }
+        try:
+            value = await self._invoke_value(
+                field.script_uri,
+                field.resolver,
+                kind,
+                context,
+                request_id,
+                route="/graphql",
+                nested=bool(info.context.get("nested")),
+                depth=int(info.context.get("depth") or 0),
+            )
+        except EngineError as exc:
+            raise ResolveError(exc.details or exc.message, code=exc.code) from None
+        return value.get("value")
+
+    @asynccontextmanager
+    async def subscription_source(
+        self, field_name: str, arguments: dict[str, Any] | None
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        """The messages of one GraphQL subscriber, from the streams hub.  Its metadata are the
+        subscription's arguments as strings, or what the field's resolver returns for them
+        (called like a stream customization function, kind ``graphqlSubscription``)."""
+        query = {
+            str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+            for k, v in (arguments or {}).items()
+        }
+        field = next(
+            (
+                f
+                for script in self._loaded.values()
+                for f in script.graphql
+                if f.operation == "subscription" and f.name == field_name
+            ),
+            None,
+        )
+        metadata: dict[str, str] = dict(query)
+        if field is not None and field.resolver is not None:
+            request_id = f"gqlsub_{now_ms()}_{next(self._ids)}"
+            path = subscription_path(field_name)
+            context: dict[str, Any] = {
+                "kind": "graphqlSubscription",
+                "invocationId": request_id,
+                "scriptUri": field.script_uri,
+                "handlerName": field.resolver,
+                "request": {
+                    "path": path,
+                    "method": "GET",
+                    "query": query,
+                    "auth": anonymous_auth(),
+                },
+                "args": query,
+                "meta": {"stream": {"path": path}},
+            }
+            try:
+                value = await self._invoke_value(
+                    field.script_uri,
+                    field.resolver,
+                    "graphqlSubscription",
+                    context,
+                    request_id,
+                    route=path,
+                )
+            except ScriptFailed as exc:
+                raise ResolveError(
+                    f"Stream customization function failed: {exc.details or exc.message}"
+                ) from None
+            except EngineError as exc:
+                raise ResolveError(exc.message, code=exc.code) from None
+            try:
+                metadata = _metadata_of(value)
+            except StreamCustomizationFailed as exc:
+                raise ResolveError(exc.message) from None
+        with self.hub.subscribe(subscription_path(field_name), metadata) as subscription:
+
+            async def payloads() -> AsyncIterator[Any]:
+                async for event in subscription:
+                    yield event.data
+
+            yield payloads()
 
     async def reinit(self, uri: str) -> InitReport | None:
         """Run the stored script's ``init()`` again (its assets changed); ``None`` when there
@@ -415,29 +632,27 @@ class ScriptService:
                 error = (
                     f"init() exceeded its {self.settings.init_timeout_ms}ms budget and was stopped"
                 )
+        fields = tuple(host.graphql_fields.values())
+        previous = self._loaded.get(stored.uri)
+        install = error is None or (install_partial and previous is None)
+        if install and self._touches_graphql(previous, fields):
+            # The schema is rebuilt from every script's fields under one lock, and swapped in
+            # with the version, so concurrent deploys cannot lose each other's fields.
+            async with self._graphql_lock:
+                pair, refused = await self._build_graphql(stored.uri, fields)
+                if refused is not None:
+                    error = refused if error is None else f"{error}; {refused}"
+                    install = install_partial and previous is None
+                if install:
+                    served = set(pair.external.accepted) | set(pair.engine.accepted)
+                    self._swap(stored, key, host, tuple(f for f in fields if f in served))
+                    self._graphql_install(pair)
+        elif install:
+            self._swap(stored, key, host, fields)
         duration_ms = round((time.perf_counter() - started) * 1000)
         report = InitReport(ran=ran, success=error is None, duration_ms=duration_ms, error=error)
-
         if error is not None:
             host.lines.append(host.entry("FATAL", f"init failed: {error}"))
-        if report.success or (install_partial and stored.uri not in self._loaded):
-            # Swap version and routes in one step: nothing awaits between these lines.
-            previous = self._loaded.get(stored.uri)
-            version = LoadedScript(
-                stored.uri,
-                key,
-                stored.content,
-                tuple(host.routes.values()),
-                tuple(dict.fromkeys(host.listeners)),  # registered twice: once
-                tuple(host.asset_routes.values()),
-                tuple(host.stream_routes.values()),
-            )
-            self._loaded[stored.uri] = version
-            self._table = self._table.with_script(stored.uri, version.routes)
-            self._rebuild_paths()
-            if previous is not None and previous.key != key:
-                # A new version starts with a clean record.
-                self._pool.forget_script(stored.uri)
         await self._logs.write(host.lines)
         if record:
             try:
@@ -538,21 +753,16 @@ class ScriptService:
         }
         try:
             value = await self._invoke_value(
-                route.script_uri, route.customizer, "streamCustomization", context, request_id
+                route.script_uri,
+                route.customizer,
+                "streamCustomization",
+                context,
+                request_id,
+                route=route.path,
             )
         except ScriptFailed as exc:
             raise StreamCustomizationFailed(exc.details or exc.message) from None
-        if value.get("valueType") != "object" or not isinstance(value.get("value"), dict):
-            raise StreamCustomizationFailed(
-                f"expected an object of string values, got {value.get('valueType')}"
-            )
-        metadata: dict[str, Any] = value["value"]
-        for key, item in metadata.items():
-            if not isinstance(item, str):
-                raise StreamCustomizationFailed(
-                    f"the value of '{key}' must be a string, got {type(item).__name__}"
-                )
-        return metadata
+        return _metadata_of(value)
 
     async def websocket_message(
         self,
@@ -576,19 +786,33 @@ class ScriptService:
             "meta": {"stream": {"path": route.path}},
         }
         value = await self._invoke_value(
-            route.script_uri, route.on_message, "websocketMessage", context, request_id
+            route.script_uri,
+            route.on_message,
+            "websocketMessage",
+            context,
+            request_id,
+            route=route.path,
         )
         reply = value.get("value")
         return reply if value.get("valueType") == "string" and reply else None
 
     async def _invoke_value(
-        self, script_uri: str, handler: str, kind: str, context: dict[str, Any], request_id: str
+        self,
+        script_uri: str,
+        handler: str,
+        kind: str,
+        context: dict[str, Any],
+        request_id: str,
+        *,
+        route: str,
+        nested: bool = False,
+        depth: int = 0,
     ) -> dict[str, Any]:
+        """Run ``handler`` for the value it returns (``{valueType, value}``)."""
         script = self._loaded.get(script_uri)
         if script is None:
             raise NotFound(f"Script '{script_uri}' is not loaded")
-        path = context["meta"]["stream"]["path"]
-        host = self._host(script.uri, request_id, kind, route=path, registering=False)
+        host = self._host(script.uri, request_id, kind, route=route, registering=False, depth=depth)
         try:
             result = await self._pool.invoke(
                 Invocation(
@@ -601,6 +825,7 @@ class ScriptService:
                     context=context,
                     timeout_ms=self.settings.handler_timeout_ms,
                     host=host,
+                    nested=nested,
                 )
             )
             if result.value.get("type") == "promise":
@@ -666,6 +891,21 @@ class ScriptService:
             upto = host.written if host.abandoned else len(host.lines)
             with trio.CancelScope(shield=True):
                 await self._logs.write(host.lines[:upto])
+
+
+def _metadata_of(value: Mapping[str, Any]) -> dict[str, str]:
+    """A customization function's result: an object whose values are all strings."""
+    if value.get("valueType") != "object" or not isinstance(value.get("value"), dict):
+        raise StreamCustomizationFailed(
+            f"expected an object of string values, got {value.get('valueType')}"
+        )
+    metadata: dict[str, Any] = value["value"]
+    for key, item in metadata.items():
+        if not isinstance(item, str):
+            raise StreamCustomizationFailed(
+                f"the value of '{key}' must be a string, got {type(item).__name__}"
+            )
+    return metadata
 
 
 def iso_timestamp() -> str:

@@ -278,6 +278,46 @@ declare function listLogsForUri(uri: string): string[];
 declare function upsertScript(uri: string, content: string): string;
 /** Delete a script; true if it existed. Throws when its init() is running up the chain. */
 declare function deleteScript(uri: string): boolean;
+type GraphQLVisibility = "external" | "engine" | "internal";
+type GraphQLResolver = string | ((context: HandlerContext) => unknown);
+
+/**
+ * GraphQL fields served on /graphql. `sdl` is a bare field ("hello(name: String): String")
+ * or SDL blocks ("type User { id: ID! } type Query { user(id: ID!): User }"). Visibility:
+ * "external" (on /graphql), "engine" (only through executeGraphQL), "internal" (neither).
+ * Resolvers get `context.args`; their result follows the declared type (JSON text is parsed
+ * for object and list types). A resolver that throws produces a GraphQL error.
+ * Returns "GraphQL query '<name>' registered successfully" (mutation/subscription alike) or
+ * "Error registering GraphQL query '<name>': …"; a fragment that does not build fails init().
+ */
+declare const graphQLRegistry: {
+  registerQuery(name: string, sdl: string, resolver: GraphQLResolver, visibility: GraphQLVisibility): string;
+  registerMutation(name: string, sdl: string, resolver: GraphQLResolver, visibility: GraphQLVisibility): string;
+  /**
+   * The resolver, if given, runs once per subscriber like a stream customization function
+   * (`context.args` = the subscription arguments as strings) and returns its metadata.
+   */
+  registerSubscription(name: string, sdl: string, resolver: GraphQLResolver | null, visibility: "external"): string;
+  /** "GraphQL subscription message sent to '<name>' (<n> connections) successfully". */
+  sendSubscriptionMessage(name: string, message: unknown): string;
+  sendSubscriptionMessageFiltered(
+    name: string,
+    message: unknown,
+    filter?: string | Record<string, string> | null,
+    matchMode?: "subset" | "overlap" | null,
+  ): string;
+  /** Runs against the external and engine fields; returns the GraphQL response as JSON text. */
+  executeGraphQL(query: string, variables?: string | Record<string, unknown> | null): string;
+};
+/** v0.9: graphQLRegistry.registerQuery(name, sdl, resolver, "external"). */
+declare function registerGraphQLQuery(name: string, sdl: string, resolver: GraphQLResolver): string;
+/** v0.9: graphQLRegistry.registerMutation(name, sdl, resolver, "external"). */
+declare function registerGraphQLMutation(name: string, sdl: string, resolver: GraphQLResolver): string;
+/** v0.9: graphQLRegistry.registerSubscription(name, sdl, resolver, "external"). */
+declare function registerGraphQLSubscription(name: string, sdl: string, resolver?: GraphQLResolver | null): string;
+/** v0.9: graphQLRegistry.sendSubscriptionMessage. */
+declare function sendSubscriptionMessage(name: string, message: unknown): string;
+
 /** v0.9: routeRegistry.registerStreamRoute(path). */
 declare function registerWebStream(path: string): string;
 /**

@@ -405,6 +405,54 @@
       return hostCall("dispatcher.sendMessage", [messageType === undefined ? null : messageType, json]);
     },
   }));
+  // -- GraphQL ------------------------------------------------------------------------------
+  function registerField(api, name, sdl, resolver, visibility) {
+    return hostCall(api, [
+      argText(name),
+      argText(sdl),
+      resolver === undefined || resolver === null ? null : handlerName(resolver),
+      visibility === undefined ? null : visibility,
+    ]);
+  }
+  define("graphQLRegistry", Object.freeze({
+    registerQuery: function (name, sdl, resolver, visibility) {
+      return registerField("graphQLRegistry.registerQuery", name, sdl, resolver, visibility);
+    },
+    registerMutation: function (name, sdl, resolver, visibility) {
+      return registerField("graphQLRegistry.registerMutation", name, sdl, resolver, visibility);
+    },
+    registerSubscription: function (name, sdl, resolver, visibility) {
+      return registerField("graphQLRegistry.registerSubscription", name, sdl, resolver, visibility);
+    },
+    sendSubscriptionMessage: function (name, message) {
+      return hostCall("graphQLRegistry.sendSubscriptionMessage", [argText(name), messageText(message)]);
+    },
+    sendSubscriptionMessageFiltered: function (name, message, filter, matchMode) {
+      return hostCall("graphQLRegistry.sendSubscriptionMessageFiltered", [
+        argText(name),
+        messageText(message),
+        filter === undefined ? null : filter,
+        matchMode === undefined ? null : matchMode,
+      ]);
+    },
+    executeGraphQL: function (query, variables) {
+      const vars = variables === undefined || variables === null ? null : typeof variables === "string" ? variables : JSON.stringify(variables);
+      return hostCall("graphQLRegistry.executeGraphQL", [argText(query), vars]);
+    },
+  }));
+  // v0.9: three arguments, always external.
+  define("registerGraphQLQuery", function (name, sdl, resolver) {
+    return registerField("registerGraphQLQuery", name, sdl, resolver, "external");
+  });
+  define("registerGraphQLMutation", function (name, sdl, resolver) {
+    return registerField("registerGraphQLMutation", name, sdl, resolver, "external");
+  });
+  define("registerGraphQLSubscription", function (name, sdl, resolver) {
+    return registerField("registerGraphQLSubscription", name, sdl, resolver, "external");
+  });
+  define("sendSubscriptionMessage", function (name, message) {
+    return hostCall("graphQLRegistry.sendSubscriptionMessage", [argText(name), messageText(message)]);
+  });
   define("assetStorage", assetStorage);
   // v0.9 streams: registerWebStream(path); sendStreamMessage(message) to every stream, or
   // (path, message) to one; sendStreamMessageToPath(path, message).
@@ -463,6 +511,15 @@
       for (const name of INIT_ALIASES) {
         if (!(name in ctx)) {
           Object.defineProperty(ctx, name, { get: function () { return init[name]; }, enumerable: false });
+        }
+      }
+    }
+    // v0.9 resolvers took the GraphQL arguments themselves: `function user(args) { args.id }`.
+    if (typeof ctx.kind === "string" && ctx.kind.indexOf("graphql") === 0 && ctx.args && typeof ctx.args === "object") {
+      const args = ctx.args;
+      for (const name of Object.keys(args)) {
+        if (!(name in ctx)) {
+          Object.defineProperty(ctx, name, { get: function () { return args[name]; }, enumerable: false });
         }
       }
     }
