@@ -200,7 +200,7 @@ async def serve(
         # hypercorn waits for open connections before the application's shutdown runs, and a
         # stream connection never ends by itself: end them now (SSE gets its final event,
         # WebSockets close with 1001) so draining takes as long as the requests in flight.
-        runtime.streams.close_all("the engine is shutting down")
+        runtime.begin_shutdown()
 
     async def wait_for_signal() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -194,26 +194,35 @@ class GraphQLService:
                 async for result in results:
                     await send.send(result)
 
+        async def results() -> AsyncIterator[dict[str, Any]]:
+            async for item in receive:
+                yield item
+
+        # Exceptions are carried out of the nursery by hand, so callers see them as they are
+        # rather than wrapped in an exception group.
+        refused: GraphQLRequestError | None = None
+        raised: BaseException | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump)
             try:
                 first = await receive.receive()
             except trio.EndOfChannel:
-                raise GraphQLRequestError(
-                    [{"message": "the subscription ended before it started"}]
-                ) from None
-            if first is not _OPENED:
+                first = None
+            if first is _OPENED:
+                try:
+                    yield results()
+                except BaseException as exc:  # the caller's block failed: re-raised below
+                    raised = exc
+            else:
                 errors = first.get("errors") if isinstance(first, dict) else None
-                raise GraphQLRequestError(list(errors or [{"message": "subscription refused"}]))
-
-            async def results() -> AsyncIterator[dict[str, Any]]:
-                async for item in receive:
-                    yield item
-
-            try:
-                yield results()
-            finally:
-                nursery.cancel_scope.cancel()
+                refused = GraphQLRequestError(
+                    list(errors or [{"message": "the subscription ended before it started"}])
+                )
+            nursery.cancel_scope.cancel()
+        if raised is not None:
+            raise raised
+        if refused is not None:
+            raise refused
 
 
 # The pump task's way to hear that the core opened its subscription source.

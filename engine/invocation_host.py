@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 
 _METHOD = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
 MAX_ASSET_PATH_CHARS = 500
+# How deep messages and executeGraphQL calls made by scripts may nest.
+MAX_DISPATCH_DEPTH = 3
 NOT_IN_PHASE = (
     "{api}: '{name}' not registered - registration only takes effect during script startup "
     "and init()"

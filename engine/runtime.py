@@ -70,6 +70,8 @@ class EngineRuntime:
         self._assets: AssetService | None = None
         self._graphql: GraphQLService | None = None
         self._graphql_cancel: trio.CancelScope | None = None
+        # Set when the server starts draining: live connections end, new ones are refused.
+        self.shutting_down = trio.Event()
         streams = config.streams
         # Subscribers live here from the first connection to the last: the hub exists for the
         # runtime's whole life, so transports never see it missing.
@@ -184,9 +186,17 @@ class EngineRuntime:
     async def wait_started(self) -> None:
         await self._started_event.wait()
 
+    def begin_shutdown(self) -> None:
+        """The server is draining: end every stream subscriber (SSE gets its final event,
+        WebSockets close with 1001) and refuse new ones, since a stream never ends by itself
+        and the server waits for open connections before it stops."""
+        if not self.shutting_down.is_set():
+            self.shutting_down.set()
+            self.streams.shut("the engine is shutting down")
+
     async def stop(self) -> None:
         self.started = False
-        self.streams.close_all("the engine is shutting down")
+        self.begin_shutdown()
         if self._graphql_cancel is not None:
             self._graphql_cancel.cancel()
         if self._cancel is not None:

@@ -18,8 +18,7 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,17 +37,17 @@ from engine.errors import (
     ValidationError,
 )
 from engine.flat_api import FlatReadApi
-from engine.graphql import FieldRegistration, QueryRejected, ResolveError, ResolveInfo
-from engine.graphql_api import GraphQLHostApi, subscription_path
-from engine.graphql_service import GraphQLService, SchemaPair
+from engine.graphql import FieldRegistration
+from engine.graphql_api import GraphQLHostApi
+from engine.graphql_service import GraphQLService
 from engine.http_contract import (
     HttpResponse,
     ScriptResponseError,
-    anonymous_auth,
     build_http_context,
     response_from_result,
 )
 from engine.invocation_host import (
+    MAX_DISPATCH_DEPTH,
     AssetRoute,
     InvocationHost,
     fatal_message,
@@ -56,6 +55,7 @@ from engine.invocation_host import (
 from engine.logs import LogService, now_ms
 from engine.routing import MatchResult, Route, RouteMatch, RouteTable
 from engine.sandbox import Invocation, SandboxPool
+from engine.script_graphql import GraphQLSupport
 from engine.script_storage import ScriptStorageApi
 from engine.storage import Database, StoredScript
 from engine.stream_api import (
@@ -63,6 +63,7 @@ from engine.stream_api import (
     StreamCustomizationFailed,
     StreamHostApi,
     StreamRoute,
+    customization_metadata,
 )
 from engine.streams import StreamHub
 
@@ -137,7 +138,6 @@ def validate_script(uri: str, content: str, *, max_bytes: int) -> None:
 
 
 MAX_CHAIN = 4
-MAX_DISPATCH_DEPTH = 3
 
 
 def _message_data(data: Any) -> Any:
@@ -166,7 +166,7 @@ def _check_chain(uri: str, held: tuple[str, ...]) -> None:
         )
 
 
-class ScriptService:
+class ScriptService(GraphQLSupport):
     def __init__(
         self,
         database: Database,
@@ -349,185 +349,6 @@ class ScriptService:
         if previous is not None and previous.key != key:
             # A new version starts with a clean record.
             self._pool.forget_script(stored.uri)
-
-    # -- GraphQL ---------------------------------------------------------------------------
-
-    async def attach_graphql(self, service: GraphQLService) -> None:
-        """Serve GraphQL through ``service`` from now on, starting with the loaded scripts."""
-        self.graphql = service
-        async with self._graphql_lock:
-            service.install(await service.build(self._graphql_fields()))
-
-    def _touches_graphql(
-        self, previous: LoadedScript | None, fields: tuple[FieldRegistration, ...]
-    ) -> bool:
-        return self.graphql is not None and bool(fields or (previous and previous.graphql))
-
-    def _graphql_fields(
-        self, uri: str | None = None, fields: tuple[FieldRegistration, ...] = ()
-    ) -> list[FieldRegistration]:
-        """Every loaded script's fields in load order, ``uri``'s replaced by ``fields``."""
-        collected: list[FieldRegistration] = []
-        for script in self._loaded.values():
-            collected.extend(fields if script.uri == uri else script.graphql)
-        if uri is not None and uri not in self._loaded:
-            collected.extend(fields)
-        return collected
-
-    async def _build_graphql(
-        self, uri: str, fields: tuple[FieldRegistration, ...]
-    ) -> tuple[SchemaPair, str | None]:
-        """A schema with ``uri``'s new fields, and why some of them were refused (or None)."""
-        assert self.graphql is not None
-        pair = await self.graphql.build(self._graphql_fields(uri, fields))
-        refused = {
-            str(problem): None
-            for problem in (*pair.external.rejected, *pair.engine.rejected)
-            if problem.script_uri == uri
-        }
-        return pair, "; ".join(refused) if refused else None
-
-    def _graphql_install(self, pair: SchemaPair) -> None:
-        assert self.graphql is not None
-        self.graphql.install(pair)
-
-    async def _drop_graphql(self, uri: str, previous: LoadedScript | None) -> None:
-        if self.graphql is None or previous is None or not previous.graphql:
-            return
-        async with self._graphql_lock:
-            self.graphql.install(await self.graphql.build(self._graphql_fields()))
-
-    async def _execute_graphql(
-        self, query: str, variables: dict[str, Any] | None, depth: int
-    ) -> dict[str, Any]:
-        """``graphQLRegistry.executeGraphQL``: the engine audience, resolvers on their own
-        workers (the caller holds one), nesting bounded like messages."""
-        if self.graphql is None:
-            return {"errors": [{"message": "GraphQL is not available"}]}
-        if depth >= MAX_DISPATCH_DEPTH:
-            return {
-                "errors": [
-                    {"message": f"executeGraphQL may nest at most {MAX_DISPATCH_DEPTH} levels deep"}
-                ]
-            }
-        try:
-            return await self.graphql.execute(
-                query,
-                variables,
-                None,
-                request_id=f"gql_{now_ms()}_{next(self._ids)}",
-                audience="engine",
-                nested=True,
-                depth=depth + 1,
-            )
-        except QueryRejected as exc:
-            return {"errors": [{"message": str(exc)}]}
-
-    async def resolve_field(
-        self, field: FieldRegistration, arguments: dict[str, Any] | None, info: ResolveInfo
-    ) -> Any:
-        """Run a query or mutation field's resolver (kind ``graphqlQuery``/``graphqlMutation``)."""
-        if field.resolver is None:
-            raise ResolveError(f"field '{field.name}' has no resolver")
-        kind = "graphqlMutation" if field.operation == "mutation" else "graphqlQuery"
-        request_id = str(info.context.get("request_id") or f"gql_{now_ms()}_{next(self._ids)}")
-        context: dict[str, Any] = {
-            "kind": kind,
-            "invocationId": request_id,
-            "scriptUri": field.script_uri,
-            "handlerName": field.resolver,
-            "request": {
-                "path": "/graphql",
-                "method": "POST",
-                "query": {},
-                "form": {},
-                "params": {},
-                "files": [],
-                "body": None,
-                "auth": anonymous_auth(),
-            },
-            "args": arguments if arguments else None,
-            "meta": {"graphql": {"fieldName": field.name, "operation": field.operation}},
-        }
-        try:
-            value = await self._invoke_value(
-                field.script_uri,
-                field.resolver,
-                kind,
-                context,
-                request_id,
-                route="/graphql",
-                nested=bool(info.context.get("nested")),
-                depth=int(info.context.get("depth") or 0),
-            )
-        except EngineError as exc:
-            raise ResolveError(exc.details or exc.message, code=exc.code) from None
-        return value.get("value")
-
-    @asynccontextmanager
-    async def subscription_source(
-        self, field_name: str, arguments: dict[str, Any] | None
-    ) -> AsyncIterator[AsyncIterator[Any]]:
-        """The messages of one GraphQL subscriber, from the streams hub.  Its metadata are the
-        subscription's arguments as strings, or what the field's resolver returns for them
-        (called like a stream customization function, kind ``graphqlSubscription``)."""
-        query = {
-            str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-            for k, v in (arguments or {}).items()
-        }
-        field = next(
-            (
-                f
-                for script in self._loaded.values()
-                for f in script.graphql
-                if f.operation == "subscription" and f.name == field_name
-            ),
-            None,
-        )
-        metadata: dict[str, str] = dict(query)
-        if field is not None and field.resolver is not None:
-            request_id = f"gqlsub_{now_ms()}_{next(self._ids)}"
-            path = subscription_path(field_name)
-            context: dict[str, Any] = {
-                "kind": "graphqlSubscription",
-                "invocationId": request_id,
-                "scriptUri": field.script_uri,
-                "handlerName": field.resolver,
-                "request": {
-                    "path": path,
-                    "method": "GET",
-                    "query": query,
-                    "auth": anonymous_auth(),
-                },
-                "args": query,
-                "meta": {"stream": {"path": path}},
-            }
-            try:
-                value = await self._invoke_value(
-                    field.script_uri,
-                    field.resolver,
-                    "graphqlSubscription",
-                    context,
-                    request_id,
-                    route=path,
-                )
-            except ScriptFailed as exc:
-                raise ResolveError(
-                    f"Stream customization function failed: {exc.details or exc.message}"
-                ) from None
-            except EngineError as exc:
-                raise ResolveError(exc.message, code=exc.code) from None
-            try:
-                metadata = _metadata_of(value)
-            except StreamCustomizationFailed as exc:
-                raise ResolveError(exc.message) from None
-        with self.hub.subscribe(subscription_path(field_name), metadata) as subscription:
-
-            async def payloads() -> AsyncIterator[Any]:
-                async for event in subscription:
-                    yield event.data
-
-            yield payloads()
 
     async def reinit(self, uri: str) -> InitReport | None:
         """Run the stored script's ``init()`` again (its assets changed); ``None`` when there
@@ -762,7 +583,7 @@ class ScriptService:
             )
         except ScriptFailed as exc:
             raise StreamCustomizationFailed(exc.details or exc.message) from None
-        return _metadata_of(value)
+        return customization_metadata(value)
 
     async def websocket_message(
         self,
@@ -891,21 +712,6 @@ class ScriptService:
             upto = host.written if host.abandoned else len(host.lines)
             with trio.CancelScope(shield=True):
                 await self._logs.write(host.lines[:upto])
-
-
-def _metadata_of(value: Mapping[str, Any]) -> dict[str, str]:
-    """A customization function's result: an object whose values are all strings."""
-    if value.get("valueType") != "object" or not isinstance(value.get("value"), dict):
-        raise StreamCustomizationFailed(
-            f"expected an object of string values, got {value.get('valueType')}"
-        )
-    metadata: dict[str, Any] = value["value"]
-    for key, item in metadata.items():
-        if not isinstance(item, str):
-            raise StreamCustomizationFailed(
-                f"the value of '{key}' must be a string, got {type(item).__name__}"
-            )
-    return metadata
 
 
 def iso_timestamp() -> str:

@@ -188,3 +188,18 @@ class StreamHostApi:
         if path not in self._streams:
             return Delivery(0, 0)
         return self._hub.publish(path, data, filter, mode)
+
+
+def customization_metadata(value: Mapping[str, Any]) -> dict[str, str]:
+    """A customization function's result: an object whose values are all strings."""
+    if value.get("valueType") != "object" or not isinstance(value.get("value"), dict):
+        raise StreamCustomizationFailed(
+            f"expected an object of string values, got {value.get('valueType')}"
+        )
+    metadata: dict[str, Any] = value["value"]
+    for key, item in metadata.items():
+        if not isinstance(item, str):
+            raise StreamCustomizationFailed(
+                f"the value of '{key}' must be a string, got {type(item).__name__}"
+            )
+    return metadata

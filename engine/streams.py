@@ -274,6 +274,7 @@ class StreamHub:
         self._delivered = 0
         self._dropped_lagging = 0
         self._forgotten_paths = 0
+        self._shut = False
 
     # -- subscribing -------------------------------------------------------------------------
 
@@ -288,6 +289,8 @@ class StreamHub:
 
         Raises :class:`StreamFull` when the path or the hub is at its cap.
         """
+        if self._shut:
+            raise StreamFull("total", "The engine is shutting down")
         state = self._paths.get(path)
         if state is not None and len(state.subscribers) >= self._max_per_path:
             raise StreamFull(
@@ -447,6 +450,12 @@ class StreamHub:
             subscription._end(StreamClosed(reason, "removed"))
         self._total -= len(state.subscribers)
         return len(state.subscribers)
+
+    def shut(self, reason: str) -> int:
+        """Shutdown: end every subscriber (code "shutdown") and refuse new ones from now on,
+        so a client connecting while the server drains cannot hold it open."""
+        self._shut = True
+        return self.close_all(reason)
 
     def close_all(self, reason: str) -> int:
         """Shutdown: end every subscriber everywhere and forget all history."""

@@ -102,6 +102,9 @@ async def running_engine(
             try:
                 yield Engine(base_url, runtime, client)
             finally:
+                # As `aiwebengine serve` drains: streams end first, or hypercorn would wait
+                # for them.
+                runtime.begin_shutdown()
                 stop.set()
 
 

@@ -755,3 +755,19 @@ async def run_model(ops: list[tuple[Any, ...]]) -> None:
 @settings(max_examples=300, deadline=None)
 def test_random_interleavings_keep_every_subscriber_exact(ops: list[tuple[Any, ...]]) -> None:
     trio.run(run_model, ops)
+
+
+async def test_shut_ends_every_subscriber_and_refuses_new_ones() -> None:
+    hub = StreamHub()
+    first = hub.subscribe("/a", {})
+    second = hub.subscribe("/b", {"k": "v"})
+    assert hub.shut("the engine is shutting down") == 2
+    for subscription in (first, second):
+        with trio.fail_after(1):
+            closed = await subscription.receive()
+        assert closed == StreamClosed("the engine is shutting down", "shutdown")
+    with pytest.raises(StreamFull) as refused:
+        hub.subscribe("/a", {})
+    assert refused.value.scope == "total"
+    assert hub.count() == 0
+    assert hub.publish("/a", "x") == Delivery(0, 0)
