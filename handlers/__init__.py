@@ -4,7 +4,9 @@
 calls; it mounts every surface: Quart blueprints for the engine's own endpoints (``health``,
 ``admin``, ``streams`` for ``/engine/script_updates``, with ``_middleware``), and in front of
 them the plain-ASGI ``solutions`` dispatcher, which serves every path outside the engine's
-prefixes, SSE and WebSocket stream connections included.  ``_server_guard`` repairs two
+prefixes, SSE and WebSocket stream connections included.  ``graphql`` serves ``/graphql`` and
+``/engine/graphql/schema`` as a blueprint and ``/graphql/sse`` and ``/graphql/ws`` as plain ASGI
+between the two.  ``_server_guard`` repairs two
 places where a client's protocol fault could stop hypercorn itself.
 """
 
@@ -13,7 +15,16 @@ from __future__ import annotations
 from quart_trio import QuartTrio
 
 from engine.runtime import EngineRuntime
-from handlers import _middleware, _server_guard, admin, assets, health, solutions, streams
+from handlers import (
+    _middleware,
+    _server_guard,
+    admin,
+    assets,
+    graphql,
+    health,
+    solutions,
+    streams,
+)
 
 
 def register(app: QuartTrio, runtime: EngineRuntime) -> None:
@@ -23,6 +34,8 @@ def register(app: QuartTrio, runtime: EngineRuntime) -> None:
     app.register_blueprint(admin.make_blueprint(runtime))
     app.register_blueprint(assets.make_blueprint(runtime))
     app.register_blueprint(streams.make_blueprint(runtime))
+    # /graphql and the schema on Quart; /graphql/sse and /graphql/ws in front of it, as ASGI.
+    graphql.install(app, runtime)
     # Solution routes bypass Quart: see handlers.solutions.
     solutions.install(app, runtime)
 

@@ -390,7 +390,7 @@ class GraphQLTransports:
     def __init__(self, app: ASGIApp, runtime: EngineRuntime) -> None:
         self._app = app
         self._events = GraphQLEventStream(runtime)
-        self._websockets = GraphQLWebSocket(runtime, _shutdown_event(runtime))
+        self._websockets = GraphQLWebSocket(runtime)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -401,12 +401,6 @@ class GraphQLTransports:
             await self._websockets.serve(scope, receive, send)
         else:
             await self._app(scope, receive, send)
-
-
-def _shutdown_event(runtime: EngineRuntime) -> trio.Event:
-    # Set when the server starts draining, before it waits for open connections to end.
-    event = getattr(runtime, "shutting_down", None)
-    return event if isinstance(event, trio.Event) else trio.Event()
 
 
 def install(app: Any, runtime: EngineRuntime) -> None:

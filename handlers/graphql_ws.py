@@ -347,11 +347,12 @@ class _Socket:
 
 
 class GraphQLWebSocket:
-    """Serves ``/graphql/ws``.  ``shutdown`` is set when the engine starts shutting down."""
+    """Serves ``/graphql/ws``."""
 
-    def __init__(self, runtime: EngineRuntime, shutdown: trio.Event) -> None:
+    def __init__(self, runtime: EngineRuntime) -> None:
         self._runtime = runtime
-        self._shutdown = shutdown
+        # Set when the server starts draining, before it waits for open connections to end.
+        self._shutdown = runtime.shutting_down
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self._runtime
