@@ -361,9 +361,14 @@ class GraphQLWebSocket:
         try:
             if (await receive())["type"] != "websocket.connect":
                 return
-            if not runtime.started or self._shutdown.is_set():
+            if self._shutdown.is_set():
                 await reject_websocket(
-                    scope, send, 503, "UNAVAILABLE", "The engine is not serving", request_id
+                    scope, send, 503, "SHUTTING_DOWN", "The engine is shutting down", request_id
+                )
+                return
+            if not runtime.started:
+                await reject_websocket(
+                    scope, send, 503, "STARTING", "The engine is starting", request_id
                 )
                 return
             acceptable, subprotocol = choose_subprotocol(list(scope.get("subprotocols") or []))

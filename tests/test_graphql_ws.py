@@ -24,7 +24,12 @@ import wsproto
 import wsproto.events
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 import handlers.graphql_ws as graphql_ws_module
 from handlers.graphql_ws import (
@@ -632,3 +637,14 @@ async def test_sigterm_closes_sockets_with_1001_promptly(
     assert closes == [(1001, "the engine is shutting down")] * 2
     assert exit_code == 0
     assert time.monotonic() - started < 15
+
+
+async def test_a_draining_engine_closes_open_sockets_and_refuses_new_ones(graphql: Engine) -> None:
+    with trio.fail_after(10):
+        async with graphql_ws(graphql) as ws:
+            graphql.runtime.begin_shutdown()
+            assert await closed_with(ws) == (1001, "the engine is shutting down")
+        with pytest.raises(ConnectionRejected) as refused:
+            async with graphql_ws(graphql):
+                pass
+    assert refused.value.status_code == 503
