@@ -57,6 +57,7 @@ from security.ratelimit import (
     RateLimiter,
     client_ip,
     ip_bucket_key,
+    parse_networks,
 )
 from security.secrets import (
     SecretBox,
@@ -105,6 +106,7 @@ __all__ = [
     "merge_headers",
     "new_csp_nonce",
     "parse_host_literal",
+    "parse_networks",
     "redact",
     "redirect_method",
     "redirect_target",

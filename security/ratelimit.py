@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,35 @@ class RateLimit:
     def per(cls, requests: int, seconds: float) -> RateLimit:
         """``requests`` per ``seconds``, the way PocketBase writes its rules."""
         return cls(requests, requests / seconds)
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        """A rule written ``<requests>/<period>``: ``300/10s``, ``60/1m``, ``5/s``, ``2/500ms``.
+
+        Raises ``ValueError`` with a message fit to show an administrator.
+        """
+        match = _RATE_TEXT.fullmatch(text)
+        if match is None:
+            raise ValueError("not <requests>/<period>, e.g. 300/10s or 60/1m")
+        requests, amount, unit = match.group(1, 2, 3)
+        count = int(requests)
+        seconds = float(amount or "1") * _UNIT_SECONDS[unit]
+        if not 1 <= count <= MAX_RULE_REQUESTS:
+            raise ValueError(f"the request count must be within 1..{MAX_RULE_REQUESTS}")
+        if not MIN_RULE_PERIOD_S <= seconds <= MAX_RULE_PERIOD_S:
+            raise ValueError("the period must be within 1ms..1d")
+        return cls.per(count, seconds)
+
+
+# Bounds that keep every parsed rule a valid bucket: a positive, finite refill rate.
+MAX_RULE_REQUESTS = 1_000_000_000
+MIN_RULE_PERIOD_S = 0.001
+MAX_RULE_PERIOD_S = 86_400.0
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+# ASCII digits only ([0-9], not \d): int() would accept other scripts' digits too.
+_RATE_TEXT = re.compile(
+    r"\s*([0-9]{1,10})\s*/\s*([0-9]{1,6}(?:\.[0-9]{1,3})?)?\s*(ms|s|m|h|d)\s*", re.ASCII
+)
 
 
 # Surfaces the engine limits separately; the middleware picks one per request.
@@ -146,6 +176,25 @@ class RateLimiter:
         for key in full:
             del self._buckets[key]
         return len(full)
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated networks (``10.0.0.0/8, 192.168.1.7, ::1``); empty text is none.
+
+    An address stands for itself (a /32 or /128); host bits after the prefix are ignored
+    (``172.17.0.1/16`` is ``172.17.0.0/16``), as proxy configurations commonly write them.
+    Raises ``ValueError`` naming the entry that is not a network.
+    """
+    if not text.strip():
+        return ()
+    networks: list[IPNetwork] = []
+    for entry in text.split(","):
+        item = entry.strip()
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
 
 
 def _parse_ip(text: str) -> IPAddress | None:

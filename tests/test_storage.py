@@ -74,7 +74,8 @@ async def test_open_creates_the_directory_and_tables_and_reports_progress(db_pat
         "migrating database: 0003_script_storage "
         "(key-value storage of scripts (shared and per user))",
         "migrating database: 0004_assets (script assets (files scoped to a script))",
-        "database at revision 0004",
+        "migrating database: 0005_audit (audit trail of security events)",
+        "database at revision 0005",
     ]
     tables = {name for (name,) in _sqlite_rows(db_path, "SELECT name FROM sqlite_master")}
     assert {
@@ -82,9 +83,10 @@ async def test_open_creates_the_directory_and_tables_and_reports_progress(db_pat
         "script_logs",
         "script_storage",
         "script_assets",
+        "audit_log",
         "alembic_version",
     } <= tables
-    assert _sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0004",)]
+    assert _sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0005",)]
 
 
 async def test_opening_again_migrates_nothing_and_keeps_the_data(db_path: Path) -> None:
@@ -95,7 +97,7 @@ async def test_opening_again_migrates_nothing_and_keeps_the_data(db_path: Path) 
     messages: list[str] = []
     second = await Database.open(_url(db_path), on_progress=messages.append)
     try:
-        assert messages == ["database at revision 0004"]
+        assert messages == ["database at revision 0005"]
         assert (await second.scripts.get("/kept")) is not None
     finally:
         await second.aclose()
@@ -112,8 +114,9 @@ def test_migrate_command_prepares_a_fresh_file(db_path: Path) -> None:
         "migrating database: 0003_script_storage "
         "(key-value storage of scripts (shared and per user))",
         "migrating database: 0004_assets (script assets (files scoped to a script))",
-        "database at revision 0004",
-        "database at revision 0004",
+        "migrating database: 0005_audit (audit trail of security events)",
+        "database at revision 0005",
+        "database at revision 0005",
     ]
 
 

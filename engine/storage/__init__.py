@@ -7,9 +7,10 @@ repositories.  Every call runs in a worker thread behind one circuit breaker and
 ``migrate(url)`` is the same upgrade, blocking, for the command line.
 
 Implementation: ``_tables`` (schema), ``_runner`` (threads, transactions, breaker),
-``_database`` (engine, SQLite settings, migrations), ``_scripts``, ``_logs``, ``_kv`` and
-``_assets`` (repositories; ``_kv`` backs the scripts' shared and personal storage, ``_assets``
-the files each script owns); ``migrations/`` holds the Alembic environment.
+``_database`` (engine, SQLite settings, migrations), ``_scripts``, ``_logs``, ``_kv``,
+``_assets`` and ``_audit`` (repositories; ``_kv`` backs the scripts' shared and personal
+storage, ``_assets`` the files each script owns, ``_audit`` the append-only audit trail);
+``migrations/`` holds the Alembic environment.
 """
 
 from engine.storage._assets import (
@@ -18,6 +19,13 @@ from engine.storage._assets import (
     AssetWrite,
     StoredAsset,
     WriteResult,
+)
+from engine.storage._audit import (
+    MAX_AUDIT_PAGE,
+    AuditEntry,
+    AuditQuery,
+    AuditRepository,
+    NewAuditEntry,
 )
 from engine.storage._database import Database, migrate
 from engine.storage._kv import SHARED, KeyValueRepository
@@ -31,16 +39,21 @@ from engine.storage._logs import (
 from engine.storage._scripts import ScriptRepository, StoredScript, UpsertOutcome
 
 __all__ = [
+    "MAX_AUDIT_PAGE",
     "MAX_CONTAINS_LENGTH",
     "SHARED",
     "AssetInfo",
     "AssetRepository",
     "AssetWrite",
+    "AuditEntry",
+    "AuditQuery",
+    "AuditRepository",
     "Database",
     "KeyValueRepository",
     "LogEntry",
     "LogQuery",
     "LogRepository",
+    "NewAuditEntry",
     "NewLogEntry",
     "ScriptRepository",
     "StoredAsset",

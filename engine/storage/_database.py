@@ -19,6 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from engine.breaker import BreakerState, CircuitBreaker
 from engine.storage._assets import AssetRepository
+from engine.storage._audit import AuditRepository
 from engine.storage._kv import KeyValueRepository
 from engine.storage._logs import LogRepository
 from engine.storage._runner import WRITE_OPTION, Runner
@@ -48,6 +49,7 @@ class Database:
         self.logs = LogRepository(runner)
         self.storage = KeyValueRepository(runner)
         self.assets = AssetRepository(runner)
+        self.audit = AuditRepository(runner)
         # True when open() found no schema and created it: a brand-new database.
         self.created = False
 

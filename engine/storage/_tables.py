@@ -88,3 +88,22 @@ script_assets = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
+
+# The audit trail of security events (engine.audit): append-only, nothing updates or deletes a
+# row.  ``seq`` orders entries and never repeats (AUTOINCREMENT), so it is a safe paging cursor;
+# ``at`` is epoch milliseconds; ``detail`` is a JSON object as text.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", SEQ_TYPE, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("actor", sa.Text, nullable=False, index=True),
+    sa.Column("method", sa.Text, nullable=False),
+    sa.Column("client_ip", sa.Text, nullable=True),
+    sa.Column("request_id", sa.Text, nullable=True),
+    sa.Column("action", sa.Text, nullable=False, index=True),
+    sa.Column("target", sa.Text, nullable=True),
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sqlite_autoincrement=True,
+)
