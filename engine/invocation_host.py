@@ -9,7 +9,7 @@ the registrations in and writes the log lines when the invocation ends.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -25,6 +25,7 @@ from engine.errors import (
     StorageUnavailable,
     ValidationError,
 )
+from engine.fetch import FETCH, FetchService
 from engine.flat_api import METHODS as FLAT_METHODS
 from engine.flat_api import FlatReadApi
 from engine.graphql import FieldRegistration
@@ -38,6 +39,8 @@ from engine.logs import LogService, now_ms
 from engine.routing import Route, reserved_prefix_of
 from engine.script_storage import METHODS as STORAGE_METHODS
 from engine.script_storage import ScriptStorageApi
+from engine.secrets import METHODS as SECRET_METHODS
+from engine.secrets import SecretHostApi
 from engine.storage import NewLogEntry
 from engine.stream_api import (
     REGISTER_METHODS as STREAM_REGISTER_METHODS,
@@ -51,6 +54,7 @@ from engine.stream_api import (
     path_problem,
     reserved_check,
 )
+from security import redact
 
 if TYPE_CHECKING:
     from engine.scripts import ScriptService
@@ -92,6 +96,8 @@ class InvocationHost:
         assets: AssetHostApi | None = None,
         streams: StreamHostApi | None = None,
         graphql: GraphQLHostApi | None = None,
+        fetch: FetchService | None = None,
+        secrets: SecretHostApi | None = None,
         user_id: str | None = None,
         flat: FlatReadApi | None = None,
         writes: ScriptService | None = None,
@@ -111,6 +117,11 @@ class InvocationHost:
         self.graphql_fields: dict[tuple[str, str], FieldRegistration] = {}
         self.flat = flat
         self.writes = writes
+        self.fetch = fetch
+        self.secrets = secrets
+        # Secret values this invocation handled (injected by fetch, or set by the script):
+        # masked in every log line it writes.
+        self.masked: set[str] = set()
         # Scripts whose init() runs up this invocation's chain (their locks are held).
         self.held = held
         # The caller's identity for personalStorage; None is anonymous (the only kind of
@@ -150,14 +161,41 @@ class InvocationHost:
         return NewLogEntry(
             script_uri=self.script_uri,
             level=level,
-            message=message,
+            message=redact(message, self.masked) if self.masked else message,
             timestamp=now_ms() if timestamp_ms is None else timestamp_ms,
             request_id=self.request_id,
             kind=self.kind,
             route=self.route,
         )
 
+    def mask(self, values: Iterable[str]) -> None:
+        """Mask these secret values in this invocation's log, lines already taken included."""
+        fresh = {value for value in values if value} - self.masked
+        if not fresh:
+            return
+        self.masked |= fresh
+        pending = self.lines[self.written :]
+        self.lines[self.written :] = [
+            attrs.evolve(line, message=redact(line.message, self.masked)) for line in pending
+        ]
+
     async def call(self, name: str, args: list[Any]) -> Any:
+        if name == FETCH and self.fetch is not None:
+            outcome = await self.fetch.call(
+                args, script_uri=self.script_uri, user_id=self.user_id, request_id=self.request_id
+            )
+            self.mask(outcome.secrets)
+            return outcome.text
+        if name in SECRET_METHODS and self.secrets is not None:
+            if name == "secretStorage.setSecret" and len(args) > 1 and isinstance(args[1], str):
+                self.mask([args[1]])
+            return await self.secrets.call(
+                name,
+                args,
+                script_uri=self.script_uri,
+                user_id=self.user_id,
+                request_id=self.request_id,
+            )
         if name == "routeRegistry.registerRoute":
             return self.register_route(*pad(args, 4))
         if name in STORAGE_METHODS:

@@ -36,6 +36,7 @@ from engine.errors import (
     StorageUnavailable,
     ValidationError,
 )
+from engine.fetch import FetchService
 from engine.flat_api import FlatReadApi
 from engine.graphql import FieldRegistration
 from engine.graphql_api import GraphQLHostApi
@@ -57,6 +58,7 @@ from engine.routing import MatchResult, Route, RouteMatch, RouteTable
 from engine.sandbox import Invocation, SandboxPool
 from engine.script_graphql import GraphQLSupport
 from engine.script_storage import ScriptStorageApi
+from engine.secrets import AuditHook, SecretHostApi, SecretService
 from engine.storage import Database, StoredScript
 from engine.stream_api import (
     SCRIPT_UPDATES_PATH,
@@ -174,12 +176,18 @@ class ScriptService(GraphQLSupport):
         logs: LogService,
         settings: ScriptSettings,
         hub: StreamHub | None = None,
+        *,
+        fetch: FetchService | None = None,
+        secrets: SecretService | None = None,
+        audit: AuditHook | None = None,
     ) -> None:
         self._database = database
         self._pool = pool
         self._logs = logs
         self._storage = ScriptStorageApi(database.storage)
         self._assets = AssetHostApi(database.assets)
+        self._fetch = fetch
+        self._secrets = None if secrets is None else SecretHostApi(secrets, audit=audit)
         # Asset routes by exact path, rebuilt from the loaded scripts whenever one changes.
         self._asset_paths: dict[str, AssetRoute] = {}
         # Stream paths likewise; the hub holds their subscribers.
@@ -206,6 +214,8 @@ class ScriptService(GraphQLSupport):
             assets=self._assets,
             streams=self._streams,
             graphql=self._graphql_api,
+            fetch=self._fetch,
+            secrets=self._secrets,
             flat=self._flat,
             writes=self,
             **options,

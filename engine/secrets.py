@@ -236,7 +236,8 @@ def _context(owner: SecretOwner, key: str) -> bytes:
     return secret_context("user", owner.script_uri, owner.user_id, key)
 
 
-def _target(owner: SecretOwner, key: str | None) -> str:
+def secret_target(owner: SecretOwner, key: str | None) -> str:
+    """How a secret (or all of an owner's, ``key`` ``None``) is named in the audit trail."""
     who = owner.script_uri if owner.user_id is None else f"{owner.script_uri} user {owner.user_id}"
     return who if key is None else f"{who} secret {key}"
 
@@ -244,12 +245,9 @@ def _target(owner: SecretOwner, key: str | None) -> str:
 class SecretService:
     """Writes, lists and resolves secrets; never hands a value to anything but ``fetch``."""
 
-    def __init__(
-        self, repository: SecretRepository, box: SecretBox, *, audit: AuditHook | None = None
-    ) -> None:
+    def __init__(self, repository: SecretRepository, box: SecretBox) -> None:
         self._repository = repository
         self._box = box
-        self._audit = audit
 
     async def set(
         self,
@@ -257,9 +255,6 @@ class SecretService:
         key: str,
         value: str,
         allowed_hosts: tuple[str, ...] | None = None,
-        *,
-        actor: str | None = None,
-        request_id: str | None = None,
     ) -> bool:
         """Seal and store; True when the key is new.  Raises ``ValidationError`` naming the
         field (``key`` or ``value``) with the original's wording of the rule."""
@@ -272,29 +267,13 @@ class SecretService:
             raise ValidationError("value", problem)
         plaintext = value.encode("utf-8", "surrogatepass")
         sealed = self._box.seal(plaintext, context=_context(owner, key))
-        created = await self._repository.put(owner, key, sealed, allowed_hosts, now_ms())
-        await self._record("secret.set", owner, key, actor, request_id, {"created": created})
-        return created
+        return await self._repository.put(owner, key, sealed, allowed_hosts, now_ms())
 
-    async def delete(
-        self,
-        owner: SecretOwner,
-        key: str,
-        *,
-        actor: str | None = None,
-        request_id: str | None = None,
-    ) -> bool:
-        removed = await self._repository.remove(owner, key.strip())
-        if removed:
-            await self._record("secret.delete", owner, key.strip(), actor, request_id, {})
-        return removed
+    async def delete(self, owner: SecretOwner, key: str) -> bool:
+        return await self._repository.remove(owner, key.strip())
 
-    async def clear(
-        self, owner: SecretOwner, *, actor: str | None = None, request_id: str | None = None
-    ) -> int:
-        count = await self._repository.clear(owner)
-        await self._record("secret.clear", owner, None, actor, request_id, {"count": count})
-        return count
+    async def clear(self, owner: SecretOwner) -> int:
+        return await self._repository.clear(owner)
 
     async def list(self, owner: SecretOwner) -> list[SecretInfo]:
         return [_info(stored) for stored in await self._repository.list(owner)]
@@ -321,30 +300,6 @@ class SecretService:
             return ResolvedSecret(name, text, stored.allowed_hosts, owner.scope)
         return None
 
-    async def _record(
-        self,
-        action: str,
-        owner: SecretOwner,
-        key: str | None,
-        actor: str | None,
-        request_id: str | None,
-        detail: dict[str, Any],
-    ) -> None:
-        if self._audit is None:
-            return
-        event = {
-            "action": action,
-            "outcome": "success",
-            "actor": actor if actor is not None else owner.user_id or "anonymous",
-            "target": _target(owner, key),
-            "request_id": request_id,
-            "detail": {"script": owner.script_uri, "scope": owner.scope, **detail},
-        }
-        try:
-            await self._audit(event)
-        except Exception:  # the write happened; a failing audit trail must not undo the answer
-            log.exception("audit of a secret change failed", action=action)
-
 
 def _info(stored: StoredSecret) -> SecretInfo:
     return SecretInfo(stored.key, stored.allowed_hosts, stored.created_at, stored.updated_at)
@@ -361,11 +316,12 @@ class SecretHostApi:
     """``secretStorage``: user-level secrets of the calling user, in the calling script.
 
     Anonymous callers get the original's refusals; ``exists`` then sees script-level secrets
-    only.
+    only.  Writes and deletes are security events, reported to ``audit``.
     """
 
-    def __init__(self, service: SecretService) -> None:
+    def __init__(self, service: SecretService, *, audit: AuditHook | None = None) -> None:
         self._service = service
+        self._audit = audit
 
     async def call(
         self,
@@ -402,9 +358,13 @@ class SecretHostApi:
             return False if method == "removeSecret" else NEEDS_LOGIN
         owner = SecretOwner(script_uri, user_id)
         if method == "removeSecret":
-            return bool(key) and await service.delete(owner, key, request_id=request_id)
+            removed = bool(key) and await service.delete(owner, key)
+            if removed:
+                await self._record("secret.delete", owner, key, request_id)
+            return removed
         if method == "clear":
-            await service.clear(owner, request_id=request_id)
+            await service.clear(owner)
+            await self._record("secret.clear", owner, None, request_id)
             return CLEARED
         if method == "setSecret":
             value = _text(args[1] if len(args) > 1 else None)
@@ -413,11 +373,30 @@ class SecretHostApi:
             except ValueError as exc:
                 return f"Error: allowedHosts {exc}"
             try:
-                await service.set(owner, key, value, hosts, request_id=request_id)
+                await service.set(owner, key, value, hosts)
             except ValidationError as exc:
                 return f"Error: {exc.rule}"
+            await self._record("secret.set", owner, key, request_id)
             return SET_OK
         raise HostCallError(f"secretStorage.{method} is not a secretStorage method")
+
+    async def _record(
+        self, action: str, owner: SecretOwner, key: str | None, request_id: str | None
+    ) -> None:
+        if self._audit is None:
+            return
+        event = {
+            "action": action,
+            "outcome": "allowed",
+            "actor": owner.user_id,
+            "target": secret_target(owner, key),
+            "request_id": request_id,
+            "detail": {"via": "secretStorage"},
+        }
+        try:
+            await self._audit(event)
+        except Exception:  # the change is made; a failing audit trail must not undo the answer
+            log.exception("audit of a secret change failed", action=action)
 
 
 __all__ = [
@@ -438,5 +417,6 @@ __all__ = [
     "key_problem",
     "load_secret_box",
     "parse_allowed_hosts",
+    "secret_target",
     "value_problem",
 ]

@@ -220,6 +220,53 @@ declare const sharedStorage: KeyValueStorage;
 /** Per-script, per-user storage (answers for anonymous callers until login exists). */
 declare const personalStorage: KeyValueStorage;
 
+interface FetchOptions {
+  /** HTTP method, default "GET". */
+  method?: string;
+  /** Header values may contain `{{secret:NAME}}`, replaced by the secret of that name. */
+  headers?: Record<string, string>;
+  /** Request body; a non-string value is sent as its JSON. */
+  body?: string | unknown;
+  /** At most this long, in milliseconds (never longer than the engine's limit or the handler's deadline). */
+  timeout_ms?: number;
+}
+
+/** What `fetch` answers, as JSON text: `JSON.parse(fetch(...)) as FetchResult`. */
+interface FetchResult {
+  status: number;
+  /** true for a 2xx status; other statuses are normal results, not errors. */
+  ok: boolean;
+  /** Lowercase names; repeated headers joined with ", ". */
+  headers: Record<string, string>;
+  /** The body as text (UTF-8 unless the response names another charset). */
+  body: string;
+}
+
+/**
+ * An HTTP request made by the engine. Options as JSON text (the original's form) or an object.
+ * Returns the JSON text of a `FetchResult`. Throws "Fetch error: ..." for blocked destinations
+ * (internal addresses, localhost, schemes other than http/https), network failures, timeouts,
+ * responses over the size limit, and missing secrets; "Invalid fetch options: ..." for options
+ * that do not parse.
+ */
+declare function fetch(url: string, options?: FetchOptions | string | null): string;
+
+/** Secrets of the calling user in this script; values are never read back, only used by `fetch`. */
+declare const secretStorage: {
+  /** The user's secret, else the script's (set over /engine/secrets). */
+  exists(key: string): boolean;
+  /**
+   * "Secret set successfully", "Error: Key cannot be empty", "Error: Value too large (>1MB)" or
+   * "Error: Secret storage requires authentication. Please log in." (anonymous callers).
+   * `allowedHosts` limits the hosts `fetch` may send the secret to ("api.example.com", "*.example.com").
+   */
+  setSecret(key: string, value: string, allowedHosts?: string[] | string | null): string;
+  /** false when there was no such secret or the caller is anonymous. */
+  removeSecret(key: string): boolean;
+  /** "Secrets cleared successfully" or the authentication error. */
+  clear(): string;
+};
+
 /** Base64 of the UTF-8 bytes of `text`. */
 declare function btoa(text: string): string;
 /** Decodes base64 to UTF-8 text; throws for invalid base64 or non-UTF-8 bytes. */

@@ -476,6 +476,27 @@
   define("deleteAsset", assetStorage.deleteAsset);
   define("sharedStorage", keyValueStorage("sharedStorage"));
   define("personalStorage", keyValueStorage("personalStorage"));
+  // fetch(url, options): options as JSON text (the original's form) or as an object; the
+  // result is JSON text. Failures throw "Fetch error: ...".
+  define("fetch", function (url, options) {
+    return hostCall("fetch", [
+      url === undefined || url === null ? null : wellFormed(String(url)),
+      options === undefined || options === null ? null : typeof options === "string" ? wellFormed(options) : options,
+    ]);
+  });
+  // User-level secrets of the calling user; nothing reads a value back (fetch injects them).
+  define("secretStorage", Object.freeze({
+    exists: function (key) { return hostCall("secretStorage.exists", [keyText(key)]); },
+    setSecret: function (key, value, allowedHosts) {
+      return hostCall("secretStorage.setSecret", [
+        keyText(key),
+        value === undefined || value === null ? "" : wellFormed(String(value)),
+        allowedHosts === undefined ? null : allowedHosts,
+      ]);
+    },
+    removeSecret: function (key) { return hostCall("secretStorage.removeSecret", [keyText(key)]); },
+    clear: function () { return hostCall("secretStorage.clear", []); },
+  }));
   // v0.9 flat aliases.
   define("register", function (path, handler, method) {
     routeRegistry.registerRoute(path, handler, method);
