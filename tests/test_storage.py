@@ -75,7 +75,8 @@ async def test_open_creates_the_directory_and_tables_and_reports_progress(db_pat
         "(key-value storage of scripts (shared and per user))",
         "migrating database: 0004_assets (script assets (files scoped to a script))",
         "migrating database: 0005_audit (audit trail of security events)",
-        "database at revision 0005",
+        "migrating database: 0006_secrets (sealed secrets of scripts and of their users)",
+        "database at revision 0006",
     ]
     tables = {name for (name,) in _sqlite_rows(db_path, "SELECT name FROM sqlite_master")}
     assert {
@@ -84,9 +85,11 @@ async def test_open_creates_the_directory_and_tables_and_reports_progress(db_pat
         "script_storage",
         "script_assets",
         "audit_log",
+        "script_secrets",
+        "user_secrets",
         "alembic_version",
     } <= tables
-    assert _sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0005",)]
+    assert _sqlite_rows(db_path, "SELECT version_num FROM alembic_version") == [("0006",)]
 
 
 async def test_opening_again_migrates_nothing_and_keeps_the_data(db_path: Path) -> None:
@@ -97,7 +100,7 @@ async def test_opening_again_migrates_nothing_and_keeps_the_data(db_path: Path) 
     messages: list[str] = []
     second = await Database.open(_url(db_path), on_progress=messages.append)
     try:
-        assert messages == ["database at revision 0005"]
+        assert messages == ["database at revision 0006"]
         assert (await second.scripts.get("/kept")) is not None
     finally:
         await second.aclose()
@@ -115,8 +118,9 @@ def test_migrate_command_prepares_a_fresh_file(db_path: Path) -> None:
         "(key-value storage of scripts (shared and per user))",
         "migrating database: 0004_assets (script assets (files scoped to a script))",
         "migrating database: 0005_audit (audit trail of security events)",
-        "database at revision 0005",
-        "database at revision 0005",
+        "migrating database: 0006_secrets (sealed secrets of scripts and of their users)",
+        "database at revision 0006",
+        "database at revision 0006",
     ]
 
 

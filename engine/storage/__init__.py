@@ -8,8 +8,9 @@ repositories.  Every call runs in a worker thread behind one circuit breaker and
 
 Implementation: ``_tables`` (schema), ``_runner`` (threads, transactions, breaker),
 ``_database`` (engine, SQLite settings, migrations), ``_scripts``, ``_logs``, ``_kv``,
-``_assets`` and ``_audit`` (repositories; ``_kv`` backs the scripts' shared and personal
-storage, ``_assets`` the files each script owns, ``_audit`` the append-only audit trail);
+``_assets``, ``_audit`` and ``_secrets`` (repositories; ``_kv`` backs the scripts' shared
+and personal storage, ``_assets`` the files each script owns, ``_audit`` the append-only audit
+trail, ``_secrets`` the sealed secrets of scripts and their users);
 ``migrations/`` holds the Alembic environment.
 """
 
@@ -37,6 +38,7 @@ from engine.storage._logs import (
     NewLogEntry,
 )
 from engine.storage._scripts import ScriptRepository, StoredScript, UpsertOutcome
+from engine.storage._secrets import SecretOwner, SecretRepository, StoredSecret
 
 __all__ = [
     "MAX_AUDIT_PAGE",
@@ -56,8 +58,11 @@ __all__ = [
     "NewAuditEntry",
     "NewLogEntry",
     "ScriptRepository",
+    "SecretOwner",
+    "SecretRepository",
     "StoredAsset",
     "StoredScript",
+    "StoredSecret",
     "UpsertOutcome",
     "WriteResult",
     "migrate",

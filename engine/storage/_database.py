@@ -24,6 +24,7 @@ from engine.storage._kv import KeyValueRepository
 from engine.storage._logs import LogRepository
 from engine.storage._runner import WRITE_OPTION, Runner
 from engine.storage._scripts import ScriptRepository
+from engine.storage._secrets import SecretRepository
 
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 BUSY_TIMEOUT_MS: Final = 5000
@@ -49,6 +50,7 @@ class Database:
         self.logs = LogRepository(runner)
         self.storage = KeyValueRepository(runner)
         self.assets = AssetRepository(runner)
+        self.secrets = SecretRepository(runner)
         self.audit = AuditRepository(runner)
         # True when open() found no schema and created it: a brand-new database.
         self.created = False

@@ -8,6 +8,7 @@ import attrs
 import sqlalchemy as sa
 
 from engine.storage._runner import Runner
+from engine.storage._secrets import drop_script_secrets
 from engine.storage._tables import script_assets, script_storage, scripts
 
 
@@ -115,13 +116,14 @@ class ScriptRepository:
         return await self._runner.write(work)
 
     async def delete(self, uri: str) -> bool:
-        """Remove the script, what it stored and its assets, in one transaction; its logs
+        """Remove the script, what it stored, its assets and secrets, in one transaction; its logs
         stay until cleared.  False if there was no such script."""
 
         def work(conn: sa.Connection) -> bool:
             result = conn.execute(sa.delete(scripts).where(scripts.c.uri == uri))
             conn.execute(sa.delete(script_storage).where(script_storage.c.script_uri == uri))
             conn.execute(sa.delete(script_assets).where(script_assets.c.script_uri == uri))
+            drop_script_secrets(conn, uri)
             return result.rowcount > 0
 
         return await self._runner.write(work)

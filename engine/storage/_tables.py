@@ -107,3 +107,31 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text, nullable=True),
     sqlite_autoincrement=True,
 )
+
+# Secrets scripts use (engine.secrets), sealed with AES-256-GCM under a context naming their row,
+# so a ciphertext copied to another row, script or user does not open.  Script-level secrets
+# are managed over /engine/secrets; user-level ones by scripts (secretStorage), per script and
+# user.  ``allowed_hosts`` is a JSON array of host names, or NULL for any host.  Not
+# foreign-keyed to ``scripts``: deleting a script removes them explicitly, in its transaction.
+script_secrets = sa.Table(
+    "script_secrets",
+    metadata,
+    sa.Column("script_uri", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+    sa.Column("allowed_hosts", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+user_secrets = sa.Table(
+    "user_secrets",
+    metadata,
+    sa.Column("script_uri", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("sealed", sa.LargeBinary, nullable=False),
+    sa.Column("allowed_hosts", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
