@@ -282,7 +282,10 @@ class FetchService:
         timeout = self.settings.timeout_s
         if options.timeout_ms is not None:
             timeout = min(timeout, options.timeout_ms / 1000)
+        # -inf when the invocation is already cancelled: nothing left.
         remaining = trio.current_effective_deadline() - trio.current_time()
+        if remaining <= 0:
+            return 0.0
         return min(timeout, remaining - min(DEADLINE_MARGIN_S, remaining * 0.1))
 
     async def _fetch(self, url: str, options: FetchOptions, caller: _Caller) -> FetchOutcome:
@@ -490,8 +493,22 @@ def _blocked_error(reason: str, previous: str | None) -> FetchError:
 def _request_failed(exc: Exception) -> FetchError:
     if isinstance(exc, httpx.TimeoutException):
         return _fetch_error("Request failed: timed out")
-    detail = str(exc) or type(exc).__name__
-    return _fetch_error(f"Request failed: {detail}")
+    return _fetch_error(f"Request failed: {_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    """The first cause with something to say (httpx wraps TLS and socket errors silently)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"TLS certificate verification failed ({seen.verify_message})"
+        text = str(seen)
+        if text:
+            return text
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
 
 
 def _address_url(target: ParsedTarget, address: IPAddress) -> str:
