@@ -49,6 +49,11 @@ _WATCHDOG_INTERVAL_S = 0.2
 # Allocating a large array past the limit makes QuickJS throw `null` rather than an
 # "out of memory" error; an allocator this close to its limit is taken to have run out.
 _EXHAUSTED_FRACTION = 0.95
+# How deep a value from JavaScript (host call arguments, a handler's result) may nest.  The
+# parent decodes every frame with Python's recursive JSON decoder under its own call stack; a
+# value deep enough to make it give up would be a protocol error there and cost the worker, so
+# it is refused here instead, as the script's own error.
+MAX_VALUE_DEPTH = 256
 
 
 class ProtocolViolation(Exception):
@@ -131,10 +136,13 @@ class Worker:
     def host_call(self, name: str, args_json: str) -> str:
         if self._invocation_id is None:
             return json.dumps({"ok": False, "error": f"{name}: no invocation is running"})
+        try:
+            args = from_js(args_json, list)
+        except ValueError as exc:
+            return json.dumps({"ok": False, "error": f"{name}: invalid arguments: {exc}"})
         self._next_call_id += 1
         call_id = self._next_call_id
         try:
-            args = json.loads(args_json)
             self.channel.send(HostCall(self._invocation_id, call_id, str(name), args))
             reply = self.channel.receive()
         except (ValueError, FrameError, OSError) as exc:
@@ -150,10 +158,10 @@ class Worker:
         if self._invocation_id is None:
             return
         try:
-            text = json.loads(message)  # the prelude sends the line as a JSON string
-        except (TypeError, ValueError):
-            text = message
-        self.channel.send(Log(self._invocation_id, str(level), str(text), int(time.time() * 1000)))
+            text = from_js(message, str)  # the prelude sends the line as a JSON string
+        except ValueError:
+            text = str(message)
+        self.channel.send(Log(self._invocation_id, str(level), text, int(time.time() * 1000)))
 
     # -- invocations ---------------------------------------------------------------------
 
@@ -191,9 +199,12 @@ class Worker:
         self._invocation_id = invoke.invocation_id
         try:
             raw = context.invoke(invoke.handler, json.dumps(invoke.context), invoke.phase)
-            value = json.loads(raw)
+            value = from_js(raw, dict)
         except quickjs.JSException as exc:
             return self._failure(invoke, started, exc, evaluating=False)
+        except ValueError as exc:
+            failure = Failure("exception", f"the result cannot be passed to the engine: {exc}")
+            return Result(invoke.invocation_id, failure=failure, duration_ms=_elapsed_ms(started))
         finally:
             self._invocation_id = None
         return Result(invoke.invocation_id, value=value, duration_ms=_elapsed_ms(started))
@@ -235,6 +246,48 @@ class Worker:
             failure=Failure(kind, _trim(message)),
             duration_ms=_elapsed_ms(started),
         )
+
+
+def from_js(text: Any, expected: type[Any]) -> Any:
+    """The value of JSON text the prelude produced; ``ValueError`` if it is not JSON text of the
+    ``expected`` type nesting at most ``MAX_VALUE_DEPTH`` levels.  A script can replace
+    ``JSON.stringify`` and the prelude calls whatever is there, so nothing is taken on trust; an
+    exception escaping a host callable would break the context for good."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected JSON text, got {type(text).__name__}")
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_VALUE_DEPTH} levels deep") from None
+    if not isinstance(value, expected):
+        raise ValueError(f"expected {expected.__name__}, got {type(value).__name__}")
+    # Only a text with more brackets than the limit can nest deeper than it.
+    brackets = text.count("[") + text.count("{")
+    if brackets > MAX_VALUE_DEPTH and _deeper_than(value, MAX_VALUE_DEPTH):
+        raise ValueError(f"nested more than {MAX_VALUE_DEPTH} levels deep")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` (decoded JSON) nests more than ``limit`` containers deep."""
+    if type(value) is not dict and type(value) is not list:
+        return False
+    level = [value]
+    for _ in range(limit):
+        below: list[Any] = []
+        add = below.append
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                if type(child) is dict or type(child) is list:
+                    add(child)
+        if not below:
+            return False
+        level = below
+    return True
 
 
 def _near_limit(context: Any) -> bool:

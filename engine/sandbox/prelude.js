@@ -12,6 +12,19 @@
   delete global.__aiwe_host;
   delete global.__aiwe_log;
 
+  // QuickJS's JSON.stringify recurses in C without checking the stack: a value nested some ten
+  // thousand levels deep overflows the worker's C stack (SIGSEGV) instead of throwing.  With a
+  // replacer function every level is a JavaScript call, and calls do check the stack, so the
+  // same value throws "stack overflow" like any deep recursion.  The identity replacer changes
+  // nothing else; array replacers (rare) keep the native path.
+  const nativeStringify = JSON.stringify;
+  const passThrough = function (key, value) { return value; };
+  Object.defineProperty(JSON, "stringify", { writable: true, configurable: true, enumerable: false, value: {
+    stringify(value, replacer, space) {
+      return nativeStringify(value, Array.isArray(replacer) || typeof replacer === "function" ? replacer : passThrough, space);
+    },
+  }.stringify });
+
   function hostCall(name, args) {
     const reply = JSON.parse(host(name, JSON.stringify(args)));
     if (!reply.ok) {
