@@ -6,58 +6,41 @@ the generator only replaces its ``{{results}}`` marker, so regenerating keeps th
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench._measure import (
     Comparison,
-    Run,
     cpu_us,
     p50_ms,
     p99_ms,
     throughput,
     time_per_request_us,
 )
+from bench._report_live import live_configuration, live_interpretation, live_sections
 from bench._suite import SuiteResult
+from bench._tables import (
+    DASH,
+    TIMES,
+    Metric,
+    number,
+    percent,
+    ratio,
+    rounds,
+    summary,
+    table,
+    verdict,
+)
 
 __all__ = ["TEMPLATE", "render", "write_report"]
 
 TEMPLATE = Path(__file__).with_name("performance_template.md")
 MARKER = "{{results}}"
-TIMES, DASH = "\u00d7", "\u2013"  # typography for the tables, spelled out for the linter
 
 TARGET_JS_SHARE = 0.90
 TARGET_SIZE_RATIO = 1.10
 TARGET_RUNAWAY_RATIO = 1.25
 
-
-def _n(value: float, digits: int = 0) -> str:
-    if math.isnan(value):
-        return "n/a"
-    return f"{value:,.{digits}f}"
-
-
-def _ratio(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.2f}{TIMES}"
-
-
-def _percent(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value * 100:.0f} %"
-
-
-def _verdict(met: bool) -> str:
-    return "**met**" if met else "**not met**"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
-Metric = tuple[str, Callable[[Run], float], int]
 _METRICS: list[Metric] = [
     ("throughput (req/s)", throughput, 0),
     ("server time per request (µs, 1 / throughput)", time_per_request_us, 0),
@@ -69,61 +52,8 @@ _METRICS: list[Metric] = [
 ]
 
 
-def _summary(comparison: Comparison, metrics: list[Metric]) -> list[str]:
-    base, cand = comparison.baseline, comparison.candidate
-    rows = []
-    for name, metric, digits in metrics:
-        ratios = comparison.round_ratios(metric)
-        spread = (
-            f"{min(ratios):.2f}{DASH}{max(ratios):.2f}"
-            if len(ratios) > 1 and not any(map(math.isnan, ratios))
-            else DASH
-        )
-        rows.append(
-            [
-                name,
-                _n(base.median(metric), digits),
-                _n(cand.median(metric), digits),
-                _ratio(comparison.ratio(metric)),
-                spread,
-            ]
-        )
-    return _table(["median over rounds", base.label, cand.label, "ratio", "per-round ratios"], rows)
-
-
 def _rounds(comparison: Comparison) -> list[str]:
-    rows = []
-    for side in (comparison.baseline, comparison.candidate):
-        for run in side.runs:
-            load = run.load
-            rows.append(
-                [
-                    str(run.round),
-                    side.label,
-                    _n(load.throughput),
-                    _n(p50_ms(run), 2),
-                    _n(p99_ms(run), 2),
-                    _n(cpu_us(run)),
-                    f"{load.generator_cores:.2f}",
-                    str(run.failures),
-                    DASH if run.restarts is None else str(run.restarts),
-                ]
-            )
-    rows.sort(key=lambda row: int(row[0]))
-    return _table(
-        [
-            "round",
-            "side",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "server CPU µs/req",
-            "generator cores",
-            "non-2xx",
-            "worker restarts",
-        ],
-        rows,
-    )
+    return rounds((comparison.baseline, comparison.candidate))
 
 
 def _restarts(comparison: Comparison) -> int:
@@ -186,6 +116,7 @@ def render_results(result: SuiteResult) -> str:
         f"{s.healthy_connections} connections, {s.runaways} runaway connections; "
         f"{s.runaway_rounds} round(s) per side, {s.runaway_settle_s:g} s settle + "
         f"{s.runaway_duration_s:g} s measured",
+        *live_configuration(result),
         "",
     ]
 
@@ -199,22 +130,22 @@ def render_results(result: SuiteResult) -> str:
     out += [
         "### Load generator ceiling",
         "",
-        *_table(
+        *table(
             ["target", "req/s", "p50 ms", "p99 ms", "generator cores"],
             [
                 [
                     "static responder (fixed bytes, no framework)",
-                    _n(ceiling.load.throughput),
-                    _n(p50_ms(ceiling), 2),
-                    _n(p99_ms(ceiling), 2),
+                    number(ceiling.load.throughput),
+                    number(p50_ms(ceiling), 2),
+                    number(p99_ms(ceiling), 2),
                     f"{ceiling.load.generator_cores:.2f}",
                 ]
             ],
         ),
         "",
-        f"The generator pushed {_n(ceiling.load.throughput)} req/s against a responder that "
-        f"does nothing, {_ratio(ceiling.load.throughput / best)} the fastest server rate "
-        f"measured below ({_n(best)} req/s); while driving the servers it used the CPU shown "
+        f"The generator pushed {number(ceiling.load.throughput)} req/s against a responder that "
+        f"does nothing, {ratio(ceiling.load.throughput / best)} the fastest server rate "
+        f"measured below ({number(best)} req/s); while driving the servers it used the CPU shown "
         f'in the "generator cores" columns. It is not what limits the numbers below.',
         "",
     ]
@@ -225,16 +156,16 @@ def render_results(result: SuiteResult) -> str:
     out += [
         "### 1. JS route vs bare Quart-Trio route",
         "",
-        *_summary(jb, _METRICS),
+        *summary(jb, _METRICS),
         "",
-        f"Target: JS throughput ≥ {_percent(TARGET_JS_SHARE)} of bare. This run: "
-        f"{_percent(share)} — {_verdict(share >= TARGET_JS_SHARE)}.",
+        f"Target: JS throughput ≥ {percent(TARGET_JS_SHARE)} of bare. This run: "
+        f"{percent(share)} — {verdict(share >= TARGET_JS_SHARE)}.",
         "",
         f"The sandbox round trip alone (`bench/pool_probe.py`: `SandboxPool.invoke` with the "
         f"same handler and a request-shaped context, 8 calls in flight, no HTTP; median of "
         f"{1 if s.quick else 3} probe(s) of 2 s): "
-        f"{_n(rt['calls_per_s'])} calls/s, {_n(rt['parent_cpu_us'])} µs of CPU per call in "
-        f"the calling process and {_n(rt['worker_cpu_us'])} µs in the worker.",
+        f"{number(rt['calls_per_s'])} calls/s, {number(rt['parent_cpu_us'])} µs of CPU per call in "
+        f"the calling process and {number(rt['worker_cpu_us'])} µs in the worker.",
         "",
         *_rounds(jb),
         "",
@@ -245,11 +176,11 @@ def render_results(result: SuiteResult) -> str:
     out += [
         "### 2. Handler in a 1 KB script vs in a 1 MB script",
         "",
-        *_summary(sz, _METRICS),
+        *summary(sz, _METRICS),
         "",
         f"Target: per-request cost (server time per request) of the 1 MB script ≤ "
-        f"{TARGET_SIZE_RATIO:.1f}{TIMES} the 1 KB script's. This run: {_ratio(size_ratio)} — "
-        f"{_verdict(size_ratio <= TARGET_SIZE_RATIO)}.",
+        f"{TARGET_SIZE_RATIO:.1f}{TIMES} the 1 KB script's. This run: {ratio(size_ratio)} — "
+        f"{verdict(size_ratio <= TARGET_SIZE_RATIO)}.",
         "",
         *_rounds(sz),
         "",
@@ -270,11 +201,11 @@ def render_results(result: SuiteResult) -> str:
     out += [
         "### 3. Healthy route with and without 10 runaway handlers",
         "",
-        *_summary(rw, _METRICS[:5]),
+        *summary(rw, _METRICS[:5]),
         "",
-        f"Target: healthy p99 rises ≤ {_percent(TARGET_RUNAWAY_RATIO - 1)} with the runaways "
-        f"in flight. This run: {_percent(p99_ratio - 1)} — "
-        f"{_verdict(p99_ratio <= TARGET_RUNAWAY_RATIO)}.",
+        f"Target: healthy p99 rises ≤ {percent(TARGET_RUNAWAY_RATIO - 1)} with the runaways "
+        f"in flight. This run: {percent(p99_ratio - 1)} — "
+        f"{verdict(p99_ratio <= TARGET_RUNAWAY_RATIO)}.",
         "",
         f"Runaway requests answered inside the measured windows ({window:g} s in total): "
         f"{answered_text or 'none'}; expected about "
@@ -296,14 +227,16 @@ def render_results(result: SuiteResult) -> str:
         f"workers, so here every round without them runs first ({s.spin_rounds} round(s) per "
         f"side, not alternated).",
         "",
-        *_summary(result.spinning, _METRICS[:5]),
+        *summary(result.spinning, _METRICS[:5]),
         "",
         *_pool_table(result.spinning, s.runaway_pool_size),
         "",
     ]
 
+    out += live_sections(result)
     out += ["### Interpretation of this run", ""]
     out += _interpretation(result)
+    out += live_interpretation(result)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -323,7 +256,7 @@ def _pool_table(comparison: Comparison, size: int) -> list[str]:
                 ]
             )
     rows.sort(key=lambda row: int(row[0]))
-    return _table(
+    return table(
         [
             "round",
             "side",
@@ -345,34 +278,34 @@ def _interpretation(result: SuiteResult) -> list[str]:
     round_trip = result.round_trip["parent_cpu_us"]
     rest = js_leader - bare_cpu - round_trip
     lines = [
-        f"- **Where the time goes.** The bare app's server process spent {_n(bare_cpu)} µs of "
-        f"CPU per request, the engine's {_n(js_leader)} µs: {_n(js_leader - bare_cpu)} µs "
+        f"- **Where the time goes.** The bare app's server process spent {number(bare_cpu)} µs of "
+        f"CPU per request, the engine's {number(js_leader)} µs: {number(js_leader - bare_cpu)} µs "
         f"more. Measured alone, the sandbox round trip (encoding the invocation frame, the pipe "
         f"write and read with their Trio wake-ups, decoding the result) costs the calling "
-        f"process {_n(round_trip)} µs; "
+        f"process {number(round_trip)} µs; "
         + (
-            f"the remaining {_n(rest)} µs is, by difference, the engine's own HTTP layer "
+            f"the remaining {number(rest)} µs is, by difference, the engine's own HTTP layer "
             f"around it — request ids, route lookup, building the script's request object, "
             f"mapping the result to a response. "
             if rest >= 0
-            else f"so the engine's HTTP layer costs {_n(-rest)} µs less than the Quart request "
+            else f"so the engine's HTTP layer costs {number(-rest)} µs less than the Quart request "
             f"handling of the bare app: solution routes are served by a plain ASGI dispatcher "
             f"in front of Quart (request ids, route lookup, the script's request object, the "
             f"response), and the round trip is most of what the engine adds. "
         )
         + "The "
-        f"sandbox worker spent another {_n(js_workers)} µs per request (frame decode, JSON, the "
-        f"JavaScript call, the result frame). The server process is single-threaded, so its "
-        f"CPU per request bounds the throughput: at {_n(js_leader)} µs it cannot exceed "
-        f"{_n(1e6 / js_leader if js_leader else float('nan'))} req/s, against "
-        f"{_n(1e6 / bare_cpu if bare_cpu else float('nan'))} for the bare app. The worker runs "
+        f"sandbox worker spent another {number(js_workers)} µs per request (frame decode, "
+        f"JSON, the JavaScript call, the result frame). The server process is single-threaded, "
+        f"so its CPU per request bounds the throughput: at {number(js_leader)} µs it cannot exceed "
+        f"{number(1e6 / js_leader if js_leader else float('nan'))} req/s, against "
+        f"{number(1e6 / bare_cpu if bare_cpu else float('nan'))} for the bare app. The worker runs "
         f"in parallel with it (on {cpus} CPUs shared with the generator), so its share shows "
         f"in latency more than in throughput. To reach 90 % of bare the engine's server "
-        f"process would have to stay within about {_n(bare_cpu / TARGET_JS_SHARE)} µs per "
+        f"process would have to stay within about {number(bare_cpu / TARGET_JS_SHARE)} µs per "
         f"request.",
         f"- **Script size.** Server time per request for the 1 MB script was "
-        f"{_ratio(sz.ratio(time_per_request_us))} that of the 1 KB script and its CPU per "
-        f"request {_ratio(sz.ratio(cpu_us))}. Contexts stay warm, so the size is paid when a "
+        f"{ratio(sz.ratio(time_per_request_us))} that of the 1 KB script and its CPU per "
+        f"request {ratio(sz.ratio(cpu_us))}. Contexts stay warm, so the size is paid when a "
         f"worker first evaluates the script (the source crosses the pipe only then), not per "
         f"request; a worker replaced after a kill pays it again on its first request.",
     ]
@@ -415,9 +348,9 @@ def _runaway_interpretation(result: SuiteResult) -> str:
         )
     return (
         f"- **Runaways.** With {s.runaways} runaways in flight the healthy route's throughput "
-        f"was {_ratio(rw.ratio(throughput))} and its p99 {_ratio(rw.ratio(p99_ms))} of what "
+        f"was {ratio(rw.ratio(throughput))} and its p99 {ratio(rw.ratio(p99_ms))} of what "
         f"they were without. With the same handlers spinning but never killed, throughput was "
-        f"{_ratio(spin.ratio(throughput))} and p99 {_ratio(spin.ratio(p99_ms))}: that part is "
+        f"{ratio(spin.ratio(throughput))} and p99 {ratio(spin.ratio(p99_ms))}: that part is "
         f"the spinning itself (the engine lowers a long invocation's priority after "
         f"`sandbox.deprioritize_after_ms` = {env['deprioritize_after_ms']} ms, but a niced "
         f"process still gets any CPU left idle, which on {cpus} CPUs is likely every time the "

@@ -14,10 +14,13 @@ from pathlib import Path
 import attrs
 
 from bench import _servers as servers
+from bench._graphql import GraphQLResult, graphql_benchmark
+from bench._live import LiveSettings, raise_open_files_limit, without_rate_limits
 from bench._loadgen import LoadResult
 from bench._measure import Comparison, Run, Settings, alternate, measure, say
 from bench._runaways import runaway_comparison, spinning_comparison
 from bench._scripts import hello_script, padded_script
+from bench._streams import StreamsResult, streams_benchmark
 from bench._wrk import WRK, wrk_version
 
 __all__ = ["SuiteResult", "code_fingerprint", "run_suite"]
@@ -34,6 +37,9 @@ class SuiteResult:
     runaway_loads: tuple[LoadResult, ...]
     spinning: Comparison  # the runaways' spinning alone, without kills
     round_trip: dict[str, float]  # bench.pool_probe's numbers
+    live: LiveSettings
+    streams: StreamsResult
+    graphql: GraphQLResult
     elapsed_s: float
 
 
@@ -143,7 +149,7 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
         static.stop()
 
     bare = servers.start_bare(work)
-    engine = servers.start_engine("engine", work / "data", work)
+    engine = servers.start_engine("engine", work / "data", work, without_rate_limits())
     try:
         servers.deploy(engine, "https://bench.local/hello", hello_script("/bench/hello"))
         servers.deploy(
@@ -182,6 +188,13 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
     runaway, runaway_loads = runaway_comparison(settings, work)
     say("3b. the same, with the handlers spinning but never killed")
     spinning = spinning_comparison(settings, work)
+
+    live = LiveSettings.of(settings)
+    environment["open_files_limit"] = str(raise_open_files_limit(live.open_files_needed()))
+    say("4. streams: SSE fan-out and WebSocket echo")
+    streams = streams_benchmark(settings, live, work)
+    say("5. GraphQL: queries and subscription fan-out")
+    graphql = graphql_benchmark(settings, live, work)
     environment["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     environment["code_after"] = code_fingerprint()
     if environment["code_after"] != environment["code"]:
@@ -196,5 +209,8 @@ def run_suite(settings: Settings, work: Path) -> SuiteResult:
         runaway_loads=runaway_loads,
         spinning=spinning,
         round_trip=round_trip,
+        live=live,
+        streams=streams,
+        graphql=graphql,
         elapsed_s=time.monotonic() - started,
     )
