@@ -23,13 +23,14 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
 import attrs
 import cattrs
 
-from security import is_loopback_host
+from security import DEFAULT_LIMITS, RateLimit, is_loopback_host, parse_networks
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
@@ -39,6 +40,7 @@ __all__ = [
     "DatabaseConfig",
     "LoggingConfig",
     "Profile",
+    "RateLimitsConfig",
     "SandboxConfig",
     "Secret",
     "SecurityConfig",
@@ -208,6 +210,29 @@ def _check_token(value: Any) -> Secret:
     return value
 
 
+def _check_networks(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("not a string")
+    try:
+        parse_networks(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return value
+
+
+def _check_rate(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("not a string")
+    try:
+        RateLimit.parse(value)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return value
+
+
+_RATE_RULE = _Rule("<requests>/<period> with period in ms, s, m, h or d, e.g. 300/10s", _check_rate)
+
+
 def _validate(instance: object, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     # Loading checks every rule first and reports all problems together; this validator
     # only guards values built directly in code, where the first broken rule is enough.
@@ -289,6 +314,32 @@ class SecurityConfig:
     )
     max_request_body_bytes: int = _setting(MiB, _int(1))
     max_upload_bytes: int = _setting(10 * MiB, _int(1))
+    # Peers whose X-Forwarded-For is believed (reverse proxies); empty trusts no one.
+    trusted_proxies: str = _setting(
+        "", _Rule("comma-separated IP addresses or CIDR networks, or empty", _check_networks)
+    )
+    hsts: bool = _setting(False, _accept("true or false"))
+
+    def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """``trusted_proxies`` parsed (the rule already checked it)."""
+        return parse_networks(self.trusted_proxies)
+
+
+@attrs.frozen
+class RateLimitsConfig:
+    """Token buckets per client address, one rule per surface; the defaults are
+    ``security.DEFAULT_LIMITS`` (PocketBase's rules) written as text."""
+
+    enabled: bool = _setting(True, _accept("true or false"))
+    solutions: str = _setting("300/10s", _RATE_RULE)
+    engine: str = _setting("300/10s", _RATE_RULE)
+    auth: str = _setting("2/3s", _RATE_RULE)
+    graphql: str = _setting("300/10s", _RATE_RULE)
+    streams: str = _setting("20/5s", _RATE_RULE)
+
+    def limits(self) -> dict[str, RateLimit]:
+        """Every surface's rule, parsed (loading already checked them), by surface name."""
+        return {surface: RateLimit.parse(getattr(self, surface)) for surface in DEFAULT_LIMITS}
 
 
 @attrs.frozen
@@ -320,6 +371,7 @@ class Config:
     security: SecurityConfig = attrs.field(factory=SecurityConfig)
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     streams: StreamsConfig = attrs.field(factory=StreamsConfig)
+    rate_limits: RateLimitsConfig = attrs.field(factory=RateLimitsConfig)
 
     @property
     def is_production(self) -> bool:
@@ -340,6 +392,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "security": SecurityConfig,
     "streams": StreamsConfig,
     "logging": LoggingConfig,
+    "rate_limits": RateLimitsConfig,
 }
 for _cls in (*_SECTIONS.values(), Config):
     attrs.resolve_types(_cls)

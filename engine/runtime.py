@@ -20,6 +20,7 @@ import trio
 
 from engine import __version__
 from engine.assets import AssetService
+from engine.audit import AuditLog
 from engine.breaker import CircuitBreaker
 from engine.config import Config
 from engine.graphql import GraphQLRuntime
@@ -68,6 +69,8 @@ class EngineRuntime:
         self._scripts: ScriptService | None = None
         self._logs: LogService | None = None
         self._assets: AssetService | None = None
+        self._audit: AuditLog | None = None
+        self._audit_cancel: trio.CancelScope | None = None
         self._graphql: GraphQLService | None = None
         self._graphql_cancel: trio.CancelScope | None = None
         # Set when the server starts draining: live connections end, new ones are refused.
@@ -110,6 +113,11 @@ class EngineRuntime:
         return self._assets
 
     @property
+    def audit(self) -> AuditLog:
+        assert self._audit is not None, "engine not started"
+        return self._audit
+
+    @property
     def logs(self) -> LogService:
         assert self._logs is not None, "engine not started"
         return self._logs
@@ -130,6 +138,8 @@ class EngineRuntime:
             on_progress=lambda message: log.info(message),
         )
         self._logs = LogService(self._database.logs)
+        self._audit = AuditLog(self._database.audit)
+        await nursery.start(self._run_audit, self._audit)
         await nursery.start(self._run_pool)
         self._scripts = ScriptService(
             self._database,
@@ -183,6 +193,13 @@ class EngineRuntime:
             self._graphql_cancel = scope
             await GraphQLRuntime.run(task_status=task_status)
 
+    async def _run_audit(
+        self, audit: AuditLog, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._audit_cancel = scope
+            await audit.run(task_status=task_status)
+
     async def wait_started(self) -> None:
         await self._started_event.wait()
 
@@ -203,6 +220,11 @@ class EngineRuntime:
             self._cancel.cancel()
             with trio.move_on_after(10):
                 await self._stopped.wait()
+        if self._audit is not None:
+            # The last events are stored before the database closes.
+            if self._audit_cancel is not None:
+                self._audit_cancel.cancel()
+            await self._audit.flush()
         if self._database is not None:
             await self._database.aclose()
         log.info("engine stopped", instance=self.instance_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from quart import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from security import check_json_depth
+
 
 class PayloadTooLarge(Exception):
     def __init__(self, limit: int) -> None:
@@ -12,8 +14,17 @@ class PayloadTooLarge(Exception):
         self.limit = limit
 
 
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
 async def read_body(limit: int) -> bytes:
-    """The whole body, or :class:`PayloadTooLarge` as soon as it is known to exceed ``limit``."""
+    """The whole body, or :class:`PayloadTooLarge` as soon as it is known to exceed ``limit``.
+
+    A JSON body nested deeper than ``security.limits.MAX_JSON_DEPTH`` raises
+    :class:`security.LimitExceeded` (400) before any parser recurses into it.
+    """
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(limit)
@@ -25,4 +36,6 @@ async def read_body(limit: int) -> bytes:
         raise PayloadTooLarge(limit) from None
     if len(data) > limit:
         raise PayloadTooLarge(limit)
+    if _is_json(request.headers.get("content-type", "")):
+        check_json_depth(data)
     return data

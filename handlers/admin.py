@@ -2,7 +2,9 @@
 
 Handlers here only translate: read parameters, call an ``engine`` service, shape the JSON.
 Write endpoints take their parameters from the query string or an urlencoded/multipart form
-body (the form wins), as the original's tools send them.
+body (the form wins), as the original's tools send them.  Each endpoint declares the capability
+it needs (``handlers._access``); creating a script additionally needs ``CreateScripts``, and
+script changes are audit events.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, request
 
+from engine.audit import ALLOWED, ERROR
 from engine.errors import EngineError
 from engine.http_contract import FormError, decode_query, parse_form
 from engine.runtime import EngineRuntime
 from engine.storage import MAX_CONTAINS_LENGTH, LogQuery
+from handlers._access import audit, authorize, can_use, public, requires
 from handlers._body import PayloadTooLarge, read_body
 from handlers._responses import (
     close_if_body_unread,
@@ -29,6 +33,7 @@ from handlers._responses import (
     management_error,
 )
 from handlers.sse import sse_comment, sse_event
+from security import Capability
 
 MAX_BACKLOG = 1000
 KEEP_PER_SCRIPT = 20
@@ -50,7 +55,8 @@ class MissingParameter(Exception):
 _INT_MAX = 2**53  # beyond what a JSON client can represent exactly; also fits every database
 
 
-def _parse_int(params: dict[str, str], name: str, *, minimum: int) -> int | None:
+def parse_int(params: dict[str, str], name: str, *, minimum: int) -> int | None:
+    """An optional integer parameter of at least ``minimum``; :class:`BadParameter` if not."""
     raw = params.get(name)
     if raw is None or raw == "":
         return None
@@ -64,7 +70,8 @@ def _parse_int(params: dict[str, str], name: str, *, minimum: int) -> int | None
     return value
 
 
-def _parse_since(params: dict[str, str]) -> int | None:
+def parse_since(params: dict[str, str]) -> int | None:
+    """``since`` as epoch milliseconds: given as such, or as an RFC 3339 timestamp."""
     raw = params.get("since")
     if raw is None or raw == "":
         return None
@@ -92,9 +99,9 @@ def _log_query(params: dict[str, str]) -> LogQuery:
         request_id=params.get("request_id") or None,
         kind=params.get("kind") or None,
         route=params.get("route") or None,
-        since_ms=_parse_since(params),
-        after_seq=_parse_int(params, "after_seq", minimum=0),
-        limit=_parse_int(params, "limit", minimum=1),
+        since_ms=parse_since(params),
+        after_seq=parse_int(params, "after_seq", minimum=0),
+        limit=parse_int(params, "limit", minimum=1),
     )
 
 
@@ -154,13 +161,33 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         return management_engine_error(exc)
 
     @blueprint.post("/upsert_script")
+    @requires(Capability.WriteScripts)
     async def upsert_script() -> Response:
         # Room for a maximum-size script even when it arrives percent-encoded.
         params = await parameters(max(security.max_request_body_bytes, 3 * max_script + 4096))
         uri = required(params, "uri")
         if "content" not in params:
             raise MissingParameter("content")
-        report = await runtime.scripts.upsert(uri, params["content"])
+        # Creating needs more than changing (only Editors and Administrators create); look the
+        # script up only for callers to whom the difference matters.  Changing an existing
+        # script will also need its owners here (authorize(..., owners=...)) once they exist.
+        if (
+            not can_use(Capability.CreateScripts)
+            and await runtime.database.scripts.get(uri) is None
+        ):
+            authorize(Capability.CreateScripts)
+        try:
+            report = await runtime.scripts.upsert(uri, params["content"])
+        except EngineError as exc:
+            action = "script.update" if runtime.scripts.loaded(uri) else "script.create"
+            await audit(action, outcome=ERROR, target=uri, detail={"error": exc.message})
+            raise
+        await audit(
+            "script.update" if report.previous_exists else "script.create",
+            outcome=ALLOWED,
+            target=uri,
+            detail={"bytes": report.script.size, "initSuccess": report.init.success},
+        )
         return json_response(
             {
                 "success": True,
@@ -174,10 +201,18 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         )
 
     @blueprint.post("/delete_script")
+    @requires(Capability.DeleteScripts)
     async def delete_script() -> Response:
         params = await parameters(security.max_request_body_bytes)
         uri = required(params, "uri")
-        if not await runtime.scripts.delete(uri):
+        try:
+            deleted = await runtime.scripts.delete(uri)
+        except EngineError as exc:
+            await audit("script.delete", outcome=ERROR, target=uri, detail={"error": exc.message})
+            raise
+        if deleted:
+            await audit("script.delete", outcome=ALLOWED, target=uri)
+        else:
             return management_error(
                 404,
                 "Script not found",
@@ -194,6 +229,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         )
 
     @blueprint.get("/read_script")
+    @requires(Capability.ReadScripts)
     async def read_script() -> Response:
         uri = required(decode_query(request.scope.get("query_string", b"")), "uri")
         script = await runtime.database.scripts.get(uri)
@@ -207,6 +243,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         return Response(script.content, content_type="application/javascript; charset=utf-8")
 
     @blueprint.get("/scripts")
+    @requires(Capability.ReadScripts)
     async def list_scripts() -> Response:
         scripts = await runtime.database.scripts.list_all()
         entries = [
@@ -224,6 +261,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         return json_response({"scripts": entries, "count": len(entries), "timestamp": iso_now()})
 
     @blueprint.get("/script_init_status")
+    @requires(Capability.ReadScripts)
     async def script_init_status() -> Response:
         params = decode_query(request.scope.get("query_string", b""))
         uri = params.get("uri")
@@ -235,6 +273,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         return json_response({"statuses": statuses, "count": len(statuses), "timestamp": iso_now()})
 
     @blueprint.get("/script_logs")
+    @requires(Capability.ViewLogs)
     async def script_logs() -> Response:
         params = decode_query(request.scope.get("query_string", b""))
         query = _log_query(params)
@@ -251,6 +290,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         )
 
     @blueprint.delete("/script_logs")
+    @requires(Capability.DeleteLogs)
     async def delete_script_logs() -> Response:
         params = decode_query(request.scope.get("query_string", b""))
         uri = params.get("uri")
@@ -263,10 +303,11 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         )
 
     @blueprint.get("/script_logs/stream")
+    @requires(Capability.ViewLogs)
     async def script_logs_stream() -> Response:
         params = decode_query(request.scope.get("query_string", b""))
         query = _log_query(params)
-        backlog = _parse_int(params, "backlog", minimum=0)
+        backlog = parse_int(params, "backlog", minimum=0)
         if backlog is not None and backlog > MAX_BACKLOG:
             raise BadParameter("backlog", f"must be at most {MAX_BACKLOG}")
         latest = await runtime.logs.latest_seq()
@@ -308,6 +349,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         return response
 
     @blueprint.get("/routes")
+    @requires(Capability.ReadScripts)
     async def routes() -> Response:
         entries = [
             {
@@ -352,6 +394,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
 
     @blueprint.get("/types/aiwebengine.d.ts")
     @blueprint.get("/types/v0.1.0/aiwebengine.d.ts")
+    @public
     async def script_types() -> Response:
         text = resources.files("engine.sandbox").joinpath("aiwebengine.d.ts").read_text("utf-8")
         response = Response(text, content_type="text/plain; charset=utf-8")
@@ -360,6 +403,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         return response
 
     @blueprint.get("/installed")
+    @public
     async def installed() -> Response:
         page = resources.files("handlers").joinpath("pages/installed.html").read_text("utf-8")
         return Response(page, content_type="text/html; charset=utf-8")

@@ -3,7 +3,9 @@
 Shapes and status codes are the original's (UPSTREAM_API §4.2).  The handlers read parameters
 (query string, overlaid by a JSON object body), call :class:`engine.assets.AssetService` and
 shape the JSON; every check of outside input lives in ``engine.asset_text`` and answers 400
-naming the field and the rule.
+naming the field and the rule.  Reading needs ``ReadAssets``, writing ``WriteAssets``, deleting
+``DeleteAssets``; once scripts have owners, writes and deletes also need ownership of the
+script or Administrator (``handlers._access.authorize(..., owners=...)``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from engine.assets import MAX_JSON_BODY_BYTES, info_json
 from engine.errors import EngineError
 from engine.http_contract import decode_query
 from engine.runtime import EngineRuntime
+from handlers._access import requires
 from handlers._body import PayloadTooLarge, read_body
 from handlers._responses import (
     close_if_body_unread,
@@ -32,6 +35,7 @@ from handlers._responses import (
     management_error,
 )
 from handlers.admin import BadParameter, MissingParameter
+from security import Capability
 
 
 async def _json_body(limit: int = MAX_JSON_BODY_BYTES) -> dict[str, Any]:
@@ -88,6 +92,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         return close_if_body_unread(management_engine_error(exc))
 
     @blueprint.get("/assets")
+    @requires(Capability.ReadAssets)
     async def read_assets() -> Response:
         params = query()
         script = _required(params, {}, "script")
@@ -112,6 +117,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         )
 
     @blueprint.post("/assets")
+    @requires(Capability.WriteAssets)
     async def upload_asset() -> Response:
         params = query()
         body = await _json_body()
@@ -136,6 +142,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         )
 
     @blueprint.patch("/assets")
+    @requires(Capability.WriteAssets)
     async def edit_asset() -> Response:
         params = query()
         body = await _json_body()
@@ -151,6 +158,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         )
 
     @blueprint.post("/assets/batch")
+    @requires(Capability.WriteAssets)
     async def batch_upload() -> Response:
         params = query()
         body = await _json_body()
@@ -160,6 +168,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         return json_response(await runtime.assets.batch(batch))
 
     @blueprint.delete("/assets")
+    @requires(Capability.DeleteAssets)
     async def delete_asset() -> Response:
         params = query()
         script = _required(params, {}, "script")

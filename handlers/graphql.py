@@ -12,7 +12,8 @@ limits live there.
   of a subscription as an unnamed event (``data: {"data": ...}``), comments as heart-beats, and
   ``event: complete`` when the source ends; a query or mutation is one event, then ``complete``.
 * ``/graphql/ws`` speaks ``graphql-transport-ws`` (:mod:`handlers.graphql_ws`).
-* ``GET /engine/graphql/schema`` is the current schema as SDL, behind the ``/engine`` token rule.
+* ``GET /engine/graphql/schema`` is the current schema as SDL, behind the ``/engine`` door and
+  ``ReadScripts``.
 
 Requests are read, and refusals shaped, by :mod:`handlers.graphql_request`.
 
@@ -49,6 +50,7 @@ from quart import Blueprint, Response, request
 from engine.errors import EngineError
 from engine.graphql_service import GraphQLRequestError, GraphQLService, QueryRejected
 from engine.runtime import EngineRuntime
+from handlers._access import requires
 from handlers._body import PayloadTooLarge, read_body
 from handlers._responses import json_response, request_id
 from handlers.graphql_request import (
@@ -66,6 +68,7 @@ from handlers.graphql_request import (
 from handlers.graphql_ws import GraphQLWebSocket
 from handlers.sse import sse_comment, sse_event
 from handlers.streams import SSE_HEADERS
+from security import Capability
 from security.headers import security_headers
 
 Scope = MutableMapping[str, Any]
@@ -169,6 +172,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
         return response
 
     @blueprint.get("/engine/graphql/schema")
+    @requires(Capability.ReadScripts)
     async def schema() -> Response:
         return Response(runtime.graphql.sdl(), content_type="text/plain; charset=utf-8")
 

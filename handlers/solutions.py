@@ -11,7 +11,9 @@ see ``handlers.streams``); then the route table (exact, ``:param``, ``/*``; HEAD
 GET); then 405 for a path routed under other methods; then ``GET /`` redirects to the landing
 page; then 404.  Every answer carries ``x-request-id`` and errors are the JSON envelope, never a
 traceback.  A WebSocket upgrade on any solution path goes to the stream transport, which
-accepts it on a stream path and refuses it everywhere else.
+accepts it on a stream path and refuses it everywhere else.  Security headers, request limits,
+rate limits and the caller's identity are the gate's (``handlers._gate``), in front of this
+dispatcher.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from engine.routing import MethodNotAllowed, RouteMatch, reserved_prefix_of
 from engine.runtime import EngineRuntime
 from engine.scripts import LoadedScript
 from handlers import streams
+from handlers._gate import caller_of
 from handlers._responses import retry_after_headers
 
 Scope = MutableMapping[str, Any]
@@ -188,9 +191,13 @@ class SolutionDispatcher:
             form=form,
             auth=anonymous_auth(),
         )
+        # The gate identified the caller.  The sandbox learns its user id only (none for the
+        # two identities that exist today); handing it the whole UserContext, so host APIs can
+        # check the caller's capabilities (§6.1: route handlers run as the caller), is next.
+        caller = caller_of(exchange.scope)
         try:
             result = await self._runtime.scripts.invoke_route(
-                match, script, script_request, exchange.request_id
+                match, script, script_request, exchange.request_id, user_id=caller.user.user_id
             )
         except EngineError as exc:
             await exchange.engine_error(exc)
@@ -262,8 +269,6 @@ class _Exchange:
         """Send the status and headers; the body follows with :meth:`send_body`."""
         head = list(headers)
         head.append((b"x-request-id", self.request_id.encode()))
-        if not any(name.lower() == b"x-content-type-options" for name, _ in head):
-            head.append((b"x-content-type-options", b"nosniff"))
         if not self.body_read and self._announces_body():
             # An unread body would be taken for the next request on a kept-alive connection.
             head.append((b"connection", b"close"))

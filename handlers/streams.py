@@ -4,7 +4,10 @@ Both transports take a :class:`~engine.streams.Subscription` from the runtime's 
 its items to one client; the hub decides who receives what.  The solution dispatcher calls
 :func:`serve_sse` for ``GET``/``HEAD`` on a stream path and :class:`WebSocketTransport` for a
 WebSocket upgrade on any solution path; :func:`make_blueprint` mounts the engine's own stream
-``/engine/script_updates`` on the Quart application, behind the ``/engine`` admin-token rule.
+``/engine/script_updates`` on the Quart application, behind the ``/engine`` door and
+``ReadScripts``.  The caller the gate identified is in each connection's scope
+(``handlers._gate.caller_of``); customization functions and message handlers run as the engine
+(§6.1) and do not receive it yet.
 
 Decisions, and why:
 
@@ -54,7 +57,9 @@ from engine.http_contract import ParsedForm, anonymous_auth, build_request, erro
 from engine.runtime import EngineRuntime
 from engine.stream_api import SCRIPT_UPDATES_PATH, StreamCustomizationFailed, StreamRoute
 from engine.streams import StreamClosed, StreamEvent, StreamFull, Subscription
+from handlers._access import requires
 from handlers.sse import sse_comment, sse_event
+from security import Capability
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -306,6 +311,7 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
     blueprint = Blueprint("engine_streams", __name__, url_prefix="/engine")
 
     @blueprint.get("/script_updates")
+    @requires(Capability.ReadScripts)
     async def script_updates() -> Response:
         last_event_id = request.headers.get("Last-Event-ID") or None
         # StreamFull is an EngineError: the /engine error handler answers it.

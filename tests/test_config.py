@@ -23,6 +23,7 @@ from engine.config import (
     DatabaseConfig,
     LoggingConfig,
     Profile,
+    RateLimitsConfig,
     SandboxConfig,
     Secret,
     SecurityConfig,
@@ -49,6 +50,7 @@ SECTIONS = {
     "security": SecurityConfig,
     "logging": LoggingConfig,
     "streams": StreamsConfig,
+    "rate_limits": RateLimitsConfig,
 }
 ALL_KEYS = ["profile"] + [
     f"{name}.{field.name}" for name, cls in SECTIONS.items() for field in attrs.fields(cls)
@@ -324,6 +326,9 @@ RULES = {
     "sandbox.deprioritize_after_ms": "integer 0..600000",
     "security.max_request_body_bytes": "integer >= 1",
     "security.max_upload_bytes": "integer >= 1",
+    "security.trusted_proxies": "comma-separated IP addresses or CIDR networks, or empty",
+    "security.hsts": "true or false",
+    "rate_limits.engine": "<requests>/<period> with period in ms, s, m, h or d, e.g. 300/10s",
     "logging.level": "one of debug, info, warning, error",
     "logging.format": "one of console, json",
 }
@@ -367,6 +372,18 @@ RULES = {
         ("sandbox.max_script_bytes", "0", "below the minimum 1"),
         ("security.max_request_body_bytes", "0", "below the minimum 1"),
         ("security.max_upload_bytes", "x", "not an integer"),
+        (
+            "security.trusted_proxies",
+            "10.0.0.0/33",
+            "'10.0.0.0/33' is not an IP address or CIDR network",
+        ),
+        ("security.trusted_proxies", "10.0.0.1,,", "'' is not an IP address or CIDR network"),
+        ("security.hsts", "sometimes", BOOLEAN),
+        ("rate_limits.engine", "300", "not <requests>/<period>, e.g. 300/10s or 60/1m"),
+        ("rate_limits.engine", "300/10", "not <requests>/<period>, e.g. 300/10s or 60/1m"),
+        ("rate_limits.engine", "0/10s", "the request count must be within 1..1000000000"),
+        ("rate_limits.engine", "5/0s", "the period must be within 1ms..1d"),
+        ("rate_limits.engine", "5/2d", "the period must be within 1ms..1d"),
         ("logging.level", "trace", "not one of the choices"),
         ("logging.format", "xml", "not one of the choices"),
     ],
@@ -774,6 +791,8 @@ def valid_configs(draw: st.DrawFn) -> Config:
         admin_token=token,
         max_request_body_bytes=draw(st.integers(1, 2**40)),
         max_upload_bytes=draw(st.integers(1, 2**40)),
+        trusted_proxies=draw(st.sampled_from(["", "10.0.0.0/8", "127.0.0.1, ::1/128"])),
+        hsts=draw(st.booleans()),
     )
     logging = LoggingConfig(
         level=draw(st.sampled_from(["debug", "info", "warning", "error"])),
@@ -789,7 +808,16 @@ def valid_configs(draw: st.DrawFn) -> Config:
         max_handler_errors=draw(st.integers(1, 1000)),
         ping_interval_s=positive(),
     )
-    return Config(profile, server, database, sandbox, security, logging, streams)
+    rates = st.from_regex(r"[1-9][0-9]{0,5}/([1-9][0-9]{0,2})?(ms|s|m)", fullmatch=True)
+    rate_limits = RateLimitsConfig(
+        enabled=draw(st.booleans()),
+        solutions=draw(rates),
+        engine=draw(rates),
+        auth=draw(rates),
+        graphql=draw(rates),
+        streams=draw(rates),
+    )
+    return Config(profile, server, database, sandbox, security, logging, streams, rate_limits)
 
 
 def toml_literal(value: Any) -> str:
