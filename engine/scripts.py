@@ -149,7 +149,7 @@ def _message_data(data: Any) -> Any:
     if isinstance(data, str):
         try:
             return json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past what the decoder takes: text too
             return data
     return data
 

@@ -119,6 +119,8 @@ def parse_filter(value: Any) -> dict[str, str]:
             decoded = json.loads(value)
         except ValueError as exc:
             raise HostCallError(f"Invalid filter JSON: {exc}") from None
+        except RecursionError:
+            raise HostCallError("Invalid filter JSON: nested too deeply") from None
     if not isinstance(decoded, dict):
         raise HostCallError("Invalid filter JSON: expected an object of string values")
     for key, item in decoded.items():
