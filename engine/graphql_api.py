@@ -148,6 +148,8 @@ class GraphQLHostApi:
                 decoded = json.loads(raw) if raw.strip() else None
             except ValueError as exc:
                 return _error_json(f"the variables are not valid JSON: {exc}")
+            except RecursionError:
+                return _error_json("the variables are nested too deeply")
             if decoded is not None and not isinstance(decoded, dict):
                 return _error_json("the variables must be a JSON object")
             variables = decoded
