@@ -55,7 +55,7 @@ def registration(method: str, args: list[Any], *, script_uri: str) -> FieldRegis
     operation = REGISTER_METHODS[method]
     name, sdl, resolver, visibility = (list(args) + [None] * 4)[:4]
     label = operation
-    shown = name if isinstance(name, str) else str(name)
+    shown = _as_js(name)
 
     def refused(problem: str) -> str:
         return f"Error registering GraphQL {label} '{shown}': {problem}"
@@ -67,8 +67,9 @@ def registration(method: str, args: list[Any], *, script_uri: str) -> FieldRegis
     if "__proto__" in sdl or "constructor" in sdl:
         return refused("SDL must not contain '__proto__' or 'constructor'")
     if visibility not in VISIBILITIES:
+        shown_visibility = _as_js(visibility)
         return refused(
-            f"Invalid visibility: '{visibility}'. Must be 'internal', 'engine', or 'external'"
+            f"Invalid visibility: '{shown_visibility}'. Must be 'internal', 'engine', or 'external'"
         )
     if operation == "subscription" and visibility != "external":
         return refused("subscriptions must be 'external'")
@@ -93,6 +94,16 @@ def registration(method: str, args: list[Any], *, script_uri: str) -> FieldRegis
 
 def registered(operation: Operation, name: str) -> str:
     return f"GraphQL {operation} '{name}' registered successfully"
+
+
+def _as_js(value: Any) -> str:
+    """A script's argument as JavaScript would print it in a template string (a missing one
+    reads ``undefined``, not Python's ``None``)."""
+    if value is None:
+        return "undefined"
+    if isinstance(value, str):
+        return value
+    return _text(value)
 
 
 def _text(value: Any) -> str:

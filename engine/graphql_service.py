@@ -24,6 +24,7 @@ from engine.graphql import (
     FieldRegistration,
     GraphQLRuntime,
     QueryRejected,
+    ResolveError,
     ResolveFn,
     SubscriptionSource,
     build_schema,
@@ -191,8 +192,16 @@ class GraphQLService:
                 context={"request_id": request_id, "nested": False, "depth": 0},
             )
             async with send, aclosing(results):
-                async for result in results:
-                    await send.send(result)
+                try:
+                    async for result in results:
+                        await send.send(result)
+                except ResolveError as exc:
+                    # The source refused to open (a subscription resolver that threw or
+                    # returned the wrong shape): a refusal with its reason, like the others.
+                    error: dict[str, Any] = {"message": exc.message}
+                    if exc.code:
+                        error["extensions"] = {"code": exc.code}
+                    await send.send({"errors": [error]})
 
         async def results() -> AsyncIterator[dict[str, Any]]:
             async for item in receive:

@@ -31,6 +31,9 @@ from engine.streams import StreamHub
 if TYPE_CHECKING:
     from engine.scripts import LoadedScript
 
+# What a subscription resolver may return instead of an object of metadata.
+_NO_METADATA = frozenset({"string", "undefined", "null"})
+
 
 class GraphQLSupport:
     # Provided by ScriptService.
@@ -59,7 +62,7 @@ class GraphQLSupport:
         """Serve GraphQL through ``service`` from now on, starting with the loaded scripts."""
         self.graphql = service
         async with self._graphql_lock:
-            service.install(await service.build(self._graphql_fields()))
+            self._graphql_install(await service.build(self._graphql_fields()))
 
     def _touches_graphql(
         self, previous: LoadedScript | None, fields: tuple[FieldRegistration, ...]
@@ -91,14 +94,24 @@ class GraphQLSupport:
         return pair, "; ".join(refused) if refused else None
 
     def _graphql_install(self, pair: SchemaPair) -> None:
+        """Swap ``pair`` in; subscribers of a subscription field it no longer serves are ended,
+        as stream subscribers are when their stream is removed (the hub would otherwise keep
+        them, waiting for messages nobody can send any more)."""
         assert self.graphql is not None
+        before = self.graphql.current
         self.graphql.install(pair)
+        if before is None:
+            return
+        served = {f.name for f in pair.external.accepted if f.operation == "subscription"}
+        for field in before.external.accepted:
+            if field.operation == "subscription" and field.name not in served:
+                self.hub.close_path(subscription_path(field.name), "the subscription was removed")
 
     async def _drop_graphql(self, uri: str, previous: LoadedScript | None) -> None:
         if self.graphql is None or previous is None or not previous.graphql:
             return
         async with self._graphql_lock:
-            self.graphql.install(await self.graphql.build(self._graphql_fields()))
+            self._graphql_install(await self.graphql.build(self._graphql_fields()))
 
     async def _execute_graphql(
         self, query: str, variables: dict[str, Any] | None, depth: int
@@ -220,10 +233,13 @@ class GraphQLSupport:
                 ) from None
             except EngineError as exc:
                 raise ResolveError(exc.message, code=exc.code) from None
-            try:
-                metadata = customization_metadata(value)
-            except StreamCustomizationFailed as exc:
-                raise ResolveError(exc.message) from None
+            # v0.9 subscription resolvers were field resolvers returning a greeting ("Subscription
+            # initialized") or nothing: no metadata of their own, the arguments stay the metadata.
+            if value.get("valueType") not in _NO_METADATA:
+                try:
+                    metadata = customization_metadata(value)
+                except StreamCustomizationFailed as exc:
+                    raise ResolveError(exc.message) from None
         with self.hub.subscribe(subscription_path(field_name), metadata) as subscription:
 
             async def payloads() -> AsyncIterator[Any]:
