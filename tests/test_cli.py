@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from security import generate_key_text
 from tests.conftest import EngineProcess
 
 TOKEN = "cli-test-token-" + "k" * 33
@@ -187,7 +188,10 @@ def test_deploy_sends_the_admin_token_to_a_production_server(
         tmp_path / "data",
         "--profile",
         "production",
-        env={"AIWEBENGINE_SECURITY__ADMIN_TOKEN": TOKEN},
+        env={
+            "AIWEBENGINE_SECURITY__ADMIN_TOKEN": TOKEN,
+            "AIWEBENGINE_SECURITY__SECRET_ENCRYPTION_KEY": generate_key_text(),
+        },
     )
     script = write_script(tmp_path, "greeter.js", GREETER)
     token_file = write_script(tmp_path, "token", TOKEN + "\n")

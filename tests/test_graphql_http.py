@@ -31,6 +31,7 @@ from handlers.graphql_request import (
     params_from_query_string,
     wants_page,
 )
+from security import generate_key_text
 from tests.conftest import Engine, EngineProcess, make_config, running_engine
 from tests.test_streams_sse import SseReader, sse
 
@@ -485,9 +486,11 @@ async def test_the_schema_needs_the_admin_token_in_production(tmp_path: Path) ->
         "sandbox.warm_spares": 0,
         "profile": "production",
     }
-    config = load_config(
-        None, env={"AIWEBENGINE_SECURITY__ADMIN_TOKEN": token}, overrides=overrides
-    )
+    env = {
+        "AIWEBENGINE_SECURITY__ADMIN_TOKEN": token,
+        "AIWEBENGINE_SECURITY__SECRET_ENCRYPTION_KEY": generate_key_text(),
+    }
+    config = load_config(None, env=env, overrides=overrides)
     async with running_engine(config) as engine:
         response = await engine.client.get("/engine/graphql/schema")
         assert response.status_code == 401

@@ -28,6 +28,7 @@ import trio
 
 from engine import __version__
 from engine.config import Config
+from security import generate_key_text
 from tests.conftest import Engine, make_config, running_engine
 
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -186,7 +187,11 @@ async def test_ready_is_503_degraded_while_the_database_fails_and_recovers_by_it
 async def test_health_endpoints_need_no_token_even_in_production(tmp_path: Path) -> None:
     config = make_config(
         tmp_path / "data",
-        **{"profile": "production", "security.admin_token": "p" * 48},
+        **{
+            "profile": "production",
+            "security.admin_token": "p" * 48,
+            "security.secret_encryption_key": generate_key_text(),
+        },
     )
     async with running_engine(config) as engine:
         health_json(await engine.client.get("/health"), 200)

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from security import generate_key_text
 from tests.conftest import EngineProcess
 
 TOKEN = secrets.token_urlsafe(36)
@@ -57,7 +58,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
         data_dir,
         "--profile",
         "production",
-        env={"AIWEBENGINE_SECURITY__ADMIN_TOKEN": TOKEN},
+        env={
+            "AIWEBENGINE_SECURITY__ADMIN_TOKEN": TOKEN,
+            "AIWEBENGINE_SECURITY__SECRET_ENCRYPTION_KEY": generate_key_text(),
+        },
     )
     try:
         with httpx.Client(base_url=process.base_url, timeout=30) as client:
@@ -326,8 +330,13 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     )
 
     assert_refused_before_binding(code, output, data_dir, port)
-    assert "3 problems" in output
-    for key in ("sandbox.pool_size", "sandbox.handler_timeout_ms", "security.admin_token"):
+    assert "4 problems" in output
+    for key in (
+        "sandbox.pool_size",
+        "sandbox.handler_timeout_ms",
+        "security.admin_token",
+        "security.secret_encryption_key",
+    ):
         assert key in output
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import quickjs
 
+from security import generate_key_text
 from tests.conftest import Engine, EngineProcess
 
 DTS = resources.files("engine.sandbox").joinpath("aiwebengine.d.ts").read_text("utf-8")
@@ -58,7 +59,10 @@ def test_the_types_are_public_in_production(
         tmp_path / "data",
         "--profile",
         "production",
-        env={"AIWEBENGINE_SECURITY__ADMIN_TOKEN": token},
+        env={
+            "AIWEBENGINE_SECURITY__ADMIN_TOKEN": token,
+            "AIWEBENGINE_SECURITY__SECRET_ENCRYPTION_KEY": generate_key_text(),
+        },
     )
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         assert client.get("/engine/types/aiwebengine.d.ts").status_code == 200

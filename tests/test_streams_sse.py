@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from engine.cli import SseComment, SseDecoder, SseMessage
+from security import generate_key_text
 from tests.conftest import Engine, make_config, running_engine
 
 URI = "https://example.com/streams"
@@ -520,7 +521,8 @@ async def test_script_updates_stream_announces_every_script_change(engine: Engin
 
 async def test_script_updates_needs_the_admin_token_in_production(tmp_path: Path) -> None:
     token = "t" * 40
-    config = make_config(tmp_path / "data", profile="production", **{"security.admin_token": token})
+    secrets = {"security.admin_token": token, "security.secret_encryption_key": generate_key_text()}
+    config = make_config(tmp_path / "data", profile="production", **secrets)
     with trio.fail_after(20):
         async with running_engine(config) as engine:
             refused = await engine.client.get("/engine/script_updates")
