@@ -7,9 +7,10 @@ type by a cattrs converter, checked against the field's rule and then against th
 span fields.  Every problem is collected and reported in one :class:`ConfigError`, so an
 administrator fixes a broken configuration in one pass instead of one restart per typo.
 
-The admin token is a :class:`Secret`.  It is accepted from the environment (or a file the
-environment names) but never from the TOML file, which tends to be committed to version
-control or left world-readable; its value never appears in a repr or in a reported problem.
+The admin token and the secret encryption key are :class:`Secret` values.  They are accepted
+from the environment (or a file the environment names) but never from the TOML file, which
+tends to be committed to version control or left world-readable; their values never appear in
+a repr or in a reported problem.
 """
 
 import contextlib
@@ -30,7 +31,14 @@ from typing import Any
 import attrs
 import cattrs
 
-from security import DEFAULT_LIMITS, RateLimit, is_loopback_host, parse_networks
+from security import (
+    DEFAULT_LIMITS,
+    RateLimit,
+    SecretKeyError,
+    is_loopback_host,
+    key_from_text,
+    parse_networks,
+)
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
@@ -38,6 +46,7 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "DatabaseConfig",
+    "FetchConfig",
     "LoggingConfig",
     "Profile",
     "RateLimitsConfig",
@@ -67,6 +76,24 @@ _TOKEN_FILE_MAX_BYTES = 4096
 CLI_VARIABLES = frozenset({"AIWEBENGINE_CONFIG", "AIWEBENGINE_SERVER", "AIWEBENGINE_TOKEN"})
 _TOKEN_SOURCES = (
     f"at least {ADMIN_TOKEN_MIN_LENGTH} characters, from {TOKEN_ENV} or {TOKEN_FILE_ENV}"
+)
+SECRET_KEY_ENV = "AIWEBENGINE_SECURITY__SECRET_ENCRYPTION_KEY"  # noqa: S105
+SECRET_KEY_FILE_ENV = "AIWEBENGINE_SECURITY__SECRET_ENCRYPTION_KEY_FILE"  # noqa: S105
+_SECRET_KEY_KEY = "security.secret_encryption_key"  # noqa: S105
+_SECRET_KEY_FILE_KEY = "security.secret_encryption_key_file"  # noqa: S105
+# A command, not a key.
+GENERATE_SECRET_KEY = (
+    'python -c "from security import generate_key_text; print(generate_key_text())"'  # noqa: S105
+)
+_SECRET_KEY_SOURCES = (
+    f"32 random bytes as base64url or hex, from {SECRET_KEY_ENV} or {SECRET_KEY_FILE_ENV};"
+    f" generate one with: {GENERATE_SECRET_KEY}"
+)
+# Settings read only from the environment: each with the pseudo-key naming a file to read it
+# from, and the rule shown when it is misplaced or missing.
+_ENV_ONLY: tuple[tuple[str, str, str], ...] = (
+    (_TOKEN_KEY, _TOKEN_FILE_KEY, _TOKEN_SOURCES),
+    (_SECRET_KEY_KEY, _SECRET_KEY_FILE_KEY, _SECRET_KEY_SOURCES),
 )
 
 
@@ -220,6 +247,16 @@ def _check_networks(value: Any) -> str:
     return value
 
 
+def _check_secret_key(value: Any) -> Secret:
+    if not isinstance(value, Secret):
+        raise _Invalid("not a string")
+    try:
+        key_from_text(value.reveal())
+    except SecretKeyError as exc:  # the message states the rule, never the value
+        raise _Invalid(str(exc)) from None
+    return value
+
+
 def _check_rate(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid("not a string")
@@ -319,6 +356,12 @@ class SecurityConfig:
         "", _Rule("comma-separated IP addresses or CIDR networks, or empty", _check_networks)
     )
     hsts: bool = _setting(False, _accept("true or false"))
+    # Seals the secrets scripts use (AES-256-GCM).  Development without one generates a key
+    # once and keeps it in the data directory (engine.secrets.load_secret_box).
+    secret_encryption_key: Secret | None = _setting(  # noqa: RUF009
+        None,
+        _Rule("32 random bytes as base64url (43 characters) or hex (64 digits)", _check_secret_key),
+    )
 
     def trusted_proxy_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
         """``trusted_proxies`` parsed (the rule already checked it)."""
@@ -363,6 +406,23 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class FetchConfig:
+    """Outbound ``fetch`` from scripts."""
+
+    timeout_s: float = _setting(30.0, _positive())
+    max_response_bytes: int = _setting(10 * MiB, _int(KiB, GiB, size=True))
+    # Networks fetch may reach although they are private or loopback: for tests and explicit
+    # administrator decisions only.
+    allow_networks: str = _setting(
+        "", _Rule("comma-separated IP addresses or CIDR networks, or empty", _check_networks)
+    )
+
+    def allowed_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """``allow_networks`` parsed (the rule already checked it)."""
+        return parse_networks(self.allow_networks)
+
+
+@attrs.frozen
 class Config:
     profile: Profile = _setting(Profile.DEVELOPMENT, _accept("development or production"))  # noqa: RUF009
     server: ServerConfig = attrs.field(factory=ServerConfig)
@@ -372,6 +432,7 @@ class Config:
     logging: LoggingConfig = attrs.field(factory=LoggingConfig)
     streams: StreamsConfig = attrs.field(factory=StreamsConfig)
     rate_limits: RateLimitsConfig = attrs.field(factory=RateLimitsConfig)
+    fetch: FetchConfig = attrs.field(factory=FetchConfig)
 
     @property
     def is_production(self) -> bool:
@@ -393,6 +454,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "streams": StreamsConfig,
     "logging": LoggingConfig,
     "rate_limits": RateLimitsConfig,
+    "fetch": FetchConfig,
 }
 for _cls in (*_SECTIONS.values(), Config):
     attrs.resolve_types(_cls)
@@ -406,7 +468,7 @@ _FIELDS: dict[str, "attrs.Attribute[Any]"] = {
     },
 }
 # The keys a source may set; the token file is a pseudo-key resolved into the token.
-_KNOWN_KEYS = frozenset({_TOKEN_FILE_KEY, *_FIELDS})
+_KNOWN_KEYS = frozenset({_TOKEN_FILE_KEY, _SECRET_KEY_FILE_KEY, *_FIELDS})
 
 
 # --- conversion: one cattrs converter turns raw values (TOML types, or strings from the
@@ -513,7 +575,7 @@ _converter.register_structure_hook_factory(_is_optional, _optional_hook)
 
 def _show(key: str, value: Any) -> str | None:
     """How a raw value appears in a problem: never a secret, never a password, never long."""
-    if key == _TOKEN_KEY:
+    if key in (_TOKEN_KEY, _SECRET_KEY_KEY):
         return None
     if isinstance(value, bool):
         text = "true" if value else "false"
@@ -580,9 +642,10 @@ class _Loader:
                     self._file_key(f"{name}.{key}", item, where)
 
     def _file_key(self, dotted: str, value: Any, where: str) -> None:
-        if dotted in (_TOKEN_KEY, _TOKEN_FILE_KEY):
+        env_only = [rule for key, file, rule in _ENV_ONLY if dotted in (key, file)]
+        if env_only:
             problem = f"secrets are not accepted from the configuration file ({where})"
-            self.problems.append(ConfigProblem(dotted, None, problem, _TOKEN_SOURCES))
+            self.problems.append(ConfigProblem(dotted, None, problem, env_only[0]))
         elif dotted in _FIELDS:
             self.raw[dotted] = _Raw(value, 1)
         else:
@@ -624,19 +687,23 @@ class _Loader:
                 known = sorted(_KNOWN_KEYS)
                 self.problems.append(_unknown(key, "override", _KNOWN_KEYS_RULE, key, known))
 
-    def resolve_token_file(self) -> None:
-        """Replace the token-file pseudo-key by the token read from that file."""
-        file = self.raw.pop(_TOKEN_FILE_KEY, None)
+    def resolve_secret_files(self) -> None:
+        """Replace each secret-file pseudo-key by the secret read from that file."""
+        for key, file_key, sources in _ENV_ONLY:
+            self._resolve_file(key, file_key, sources)
+
+    def _resolve_file(self, key: str, file_key: str, sources: str) -> None:
+        file = self.raw.pop(file_key, None)
         if file is None:
             return
-        token = self.raw.get(_TOKEN_KEY)
-        if token is not None and token.rank >= file.rank:
-            if token.rank == file.rank:
-                problem = "set together with the token file; set only one of them"
-                self.problems.append(ConfigProblem(_TOKEN_KEY, None, problem, _TOKEN_SOURCES))
-                self.failed.add(_TOKEN_KEY)
+        secret = self.raw.get(key)
+        if secret is not None and secret.rank >= file.rank:
+            if secret.rank == file.rank:
+                problem = f"set together with {file_key}; set only one of them"
+                self.problems.append(ConfigProblem(key, None, problem, sources))
+                self.failed.add(key)
             return
-        shown = _show(_TOKEN_FILE_KEY, file.value)
+        shown = _show(file_key, file.value)
         rule = f"a readable regular UTF-8 file of at most {_TOKEN_FILE_MAX_BYTES} bytes"
         try:
             path = _to_path(file.value, Path)
@@ -652,10 +719,10 @@ class _Loader:
         except (OSError, ValueError) as exc:  # ValueError: NUL in the path, bad UTF-8
             reason = exc.strerror if isinstance(exc, OSError) else None
             problem = f"cannot read: {reason}" if reason else str(exc)
-            self.problems.append(ConfigProblem(_TOKEN_FILE_KEY, shown, problem, rule))
-            self.failed.add(_TOKEN_KEY)
+            self.problems.append(ConfigProblem(file_key, shown, problem, rule))
+            self.failed.add(key)
             return
-        self.raw[_TOKEN_KEY] = _Raw(text, file.rank)
+        self.raw[key] = _Raw(text, file.rank)
 
     def convert(self) -> tuple[dict[str, Any], set[str]]:
         """Converted, rule-checked values of the keys that were set, and the keys that failed."""
@@ -692,6 +759,10 @@ class _Loader:
                         f" is set ({TOKEN_ENV} or {TOKEN_FILE_ENV})",
                     )
                 )
+        production = get("profile") is Profile.PRODUCTION
+        if production and not bad & {"profile", _SECRET_KEY_KEY} and get(_SECRET_KEY_KEY) is None:
+            problem = "required in production (it seals the secrets scripts use)"
+            self.problems.append(ConfigProblem(_SECRET_KEY_KEY, None, problem, _SECRET_KEY_SOURCES))
         memory, space = "sandbox.memory_limit_bytes", "sandbox.address_space_bytes"
         if not bad & {memory, space} and get(memory) > get(space):
             self.problems.append(
@@ -728,7 +799,7 @@ def load_config(
         loader.read_file(path)
     loader.read_env(os.environ if env is None else env)
     loader.read_overrides(overrides or {})
-    loader.resolve_token_file()
+    loader.resolve_secret_files()
     values, bad = loader.convert()
     loader.check_across(values, bad)
     if loader.problems:

@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from importlib import resources
+from typing import Any
 
 import attrs
 import structlog
@@ -23,11 +24,13 @@ from engine.assets import AssetService
 from engine.audit import AuditLog
 from engine.breaker import CircuitBreaker
 from engine.config import Config
+from engine.fetch import FetchService, FetchSettings
 from engine.graphql import GraphQLRuntime
 from engine.graphql_service import GraphQLService
 from engine.logs import LogService
 from engine.sandbox import PoolSettings, SandboxPool
 from engine.scripts import ScriptService, ScriptSettings
+from engine.secrets import SecretService, load_secret_box
 from engine.storage import Database
 from engine.streams import StreamHub
 
@@ -69,6 +72,8 @@ class EngineRuntime:
         self._scripts: ScriptService | None = None
         self._logs: LogService | None = None
         self._assets: AssetService | None = None
+        self._secrets: SecretService | None = None
+        self._fetch: FetchService | None = None
         self._audit: AuditLog | None = None
         self._audit_cancel: trio.CancelScope | None = None
         self._graphql: GraphQLService | None = None
@@ -118,6 +123,15 @@ class EngineRuntime:
         return self._audit
 
     @property
+    def secrets(self) -> SecretService:
+        assert self._secrets is not None, "engine not started"
+        return self._secrets
+
+    async def _audit_event(self, event: dict[str, Any]) -> None:
+        """A security event from a service that reports events as dicts (secrets, fetch)."""
+        await self.audit.record(**event)
+
+    @property
     def logs(self) -> LogService:
         assert self._logs is not None, "engine not started"
         return self._logs
@@ -141,6 +155,14 @@ class EngineRuntime:
         self._audit = AuditLog(self._database.audit)
         await nursery.start(self._run_audit, self._audit)
         await nursery.start(self._run_pool)
+        box = await trio.to_thread.run_sync(load_secret_box, config)
+        self._secrets = SecretService(self._database.secrets, box)
+        fetch = FetchSettings(
+            config.fetch.timeout_s,
+            config.fetch.max_response_bytes,
+            config.fetch.allowed_networks(),
+        )
+        self._fetch = FetchService(fetch, secrets=self._secrets, audit=self._audit_event)
         self._scripts = ScriptService(
             self._database,
             self.pool,
@@ -152,6 +174,9 @@ class EngineRuntime:
                 init_concurrency=config.sandbox.effective_init_concurrency(),
             ),
             self.streams,
+            fetch=self._fetch,
+            secrets=self._secrets,
+            audit=self._audit_event,
         )
         self._assets = AssetService(self._database.assets, self._scripts.reinit)
         graphql_runtime: GraphQLRuntime = await nursery.start(self._run_graphql)

@@ -21,6 +21,7 @@ from engine.config import (
     ConfigError,
     ConfigProblem,
     DatabaseConfig,
+    FetchConfig,
     LoggingConfig,
     Profile,
     RateLimitsConfig,
@@ -42,6 +43,11 @@ KiB, MiB, GiB = 1024, 1024**2, 1024**3
 TOKEN = "t" * 40
 TOKEN_ENV = "AIWEBENGINE_SECURITY__ADMIN_TOKEN"
 TOKEN_FILE_ENV = "AIWEBENGINE_SECURITY__ADMIN_TOKEN_FILE"
+SECRET_KEY = "5e" * 32  # 32 bytes in hex
+SECRET_KEY_ENV = "AIWEBENGINE_SECURITY__SECRET_ENCRYPTION_KEY"
+SECRET_KEY_FILE_ENV = "AIWEBENGINE_SECURITY__SECRET_ENCRYPTION_KEY_FILE"
+# What production needs besides its profile.
+PRODUCTION_SECRETS = {TOKEN_ENV: TOKEN, SECRET_KEY_ENV: SECRET_KEY}
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {
     "server": ServerConfig,
@@ -51,6 +57,7 @@ SECTIONS = {
     "logging": LoggingConfig,
     "streams": StreamsConfig,
     "rate_limits": RateLimitsConfig,
+    "fetch": FetchConfig,
 }
 ALL_KEYS = ["profile"] + [
     f"{name}.{field.name}" for name, cls in SECTIONS.items() for field in attrs.fields(cls)
@@ -179,7 +186,7 @@ def test_the_toml_file_sets_values_and_the_profile(tmp_path: Path) -> None:
         'profile = "production"\n[server]\nhost = "0.0.0.0"\nport = 8080\n'
         'data_dir = "/var/lib/aiwebengine"\n[sandbox]\nhandler_timeout_ms = 2000\n',
     )
-    config = load_config(path, env={TOKEN_ENV: TOKEN})
+    config = load_config(path, env=PRODUCTION_SECRETS)
     assert config.is_production
     assert config.server == ServerConfig("0.0.0.0", 8080, Path("/var/lib/aiwebengine"))
     assert config.sandbox.handler_timeout_ms == 2000
@@ -287,7 +294,10 @@ def test_default_config_accepts_sections_dotted_keys_and_instances() -> None:
     assert default_config(**{"server.port": 0}).server.port == 0
     assert default_config(sandbox__warm_spares=3).sandbox.warm_spares == 3
     assert default_config(server=ServerConfig(port=9)).server == ServerConfig(port=9)
-    production = default_config(profile="production", security={"admin_token": TOKEN})
+    production = default_config(
+        profile="production",
+        security={"admin_token": TOKEN, "secret_encryption_key": SECRET_KEY},
+    )
     assert production.is_production and production.security.admin_token == Secret(TOKEN)
     with pytest.raises(ConfigError):
         default_config(sandbox={"pool_size": 0})
@@ -326,6 +336,9 @@ RULES = {
     "sandbox.deprioritize_after_ms": "integer 0..600000",
     "security.max_request_body_bytes": "integer >= 1",
     "security.max_upload_bytes": "integer >= 1",
+    "fetch.timeout_s": "number > 0",
+    "fetch.max_response_bytes": "integer 1024..1073741824 (1 KiB..1 GiB)",
+    "fetch.allow_networks": "comma-separated IP addresses or CIDR networks, or empty",
     "security.trusted_proxies": "comma-separated IP addresses or CIDR networks, or empty",
     "security.hsts": "true or false",
     "rate_limits.engine": "<requests>/<period> with period in ms, s, m, h or d, e.g. 300/10s",
@@ -372,6 +385,9 @@ RULES = {
         ("sandbox.max_script_bytes", "0", "below the minimum 1"),
         ("security.max_request_body_bytes", "0", "below the minimum 1"),
         ("security.max_upload_bytes", "x", "not an integer"),
+        ("fetch.timeout_s", "0", "not greater than 0"),
+        ("fetch.max_response_bytes", "1023", "below the minimum 1024"),
+        ("fetch.allow_networks", "127.0.0.0/8, x", "'x' is not an IP address or CIDR network"),
         (
             "security.trusted_proxies",
             "10.0.0.0/33",
@@ -585,16 +601,70 @@ def test_a_short_token_is_a_problem_that_does_not_print_it() -> None:
     assert "s3cr3t" not in str(caught.value)
 
 
+# --- the secret encryption key
+
+
+def test_the_secret_encryption_key_comes_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    config = load_config(None, env={SECRET_KEY_ENV: f" {SECRET_KEY} "})
+    assert config.security.secret_encryption_key is not None
+    (tmp_path / "key").write_text(SECRET_KEY + "\n")
+    from_file = load_config(None, env={SECRET_KEY_FILE_ENV: str(tmp_path / "key")})
+    assert from_file.security.secret_encryption_key == Secret(SECRET_KEY)
+    assert load_config(None, env={}).security.secret_encryption_key is None
+
+
+@pytest.mark.parametrize("key", ["secret_encryption_key", "secret_encryption_key_file"])
+def test_the_secret_encryption_key_is_refused_in_the_toml_file(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, f'[security]\n{key} = "{SECRET_KEY}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    (problem,) = caught.value.problems
+    assert problem.key == f"security.{key}" and problem.value is None
+    assert "not accepted from the configuration file" in problem.problem
+    assert SECRET_KEY_ENV in problem.rule and SECRET_KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["short", "zz" * 32, "00" * 32, "5e" * 31])
+def test_an_unusable_secret_encryption_key_is_a_problem_that_does_not_print_it(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env={SECRET_KEY_ENV: text})
+    (problem,) = caught.value.problems
+    assert problem.key == "security.secret_encryption_key" and problem.value is None
+    assert "generate" in problem.problem and text not in str(caught.value)
+
+
+def test_a_secret_encryption_key_and_its_file_together_are_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(SECRET_KEY)
+    env = {SECRET_KEY_ENV: SECRET_KEY, SECRET_KEY_FILE_ENV: str(tmp_path / "key")}
+    problem = only_problem(env=env)
+    assert problem.key == "security.secret_encryption_key" and "only one" in problem.problem
+
+
+def test_production_requires_a_secret_encryption_key_and_says_how_to_make_one() -> None:
+    problem = only_problem(env={"AIWEBENGINE_PROFILE": "production", TOKEN_ENV: TOKEN})
+    assert problem.key == "security.secret_encryption_key"
+    assert problem.problem.startswith("required in production")
+    assert SECRET_KEY_ENV in problem.rule and SECRET_KEY_FILE_ENV in problem.rule
+    assert "from security import generate_key_text; print(generate_key_text())" in problem.rule
+
+
+def test_fetch_allow_networks_are_parsed() -> None:
+    env = {"AIWEBENGINE_FETCH__ALLOW_NETWORKS": " 127.0.0.0/8 , ::1 "}
+    networks = load_config(None, env=env).fetch.allowed_networks()
+    assert [str(network) for network in networks] == ["127.0.0.0/8", "::1/128"]
+    assert load_config(None, env={}).fetch.allowed_networks() == ()
+
+
 def test_production_requires_an_admin_token() -> None:
-    problem = only_problem(env={"AIWEBENGINE_PROFILE": "production"})
+    problem = only_problem(env={"AIWEBENGINE_PROFILE": "production", SECRET_KEY_ENV: SECRET_KEY})
     assert (problem.key, problem.problem) == ("security.admin_token", "required in production")
     assert TOKEN_ENV in problem.rule and TOKEN_FILE_ENV in problem.rule
-    config = load_config(None, env={"AIWEBENGINE_PROFILE": "production", TOKEN_ENV: TOKEN})
+    config = load_config(None, env={"AIWEBENGINE_PROFILE": "production", **PRODUCTION_SECRETS})
     assert config.is_production
 
 
 def test_production_with_a_short_token_reports_only_the_length() -> None:
-    env = {"AIWEBENGINE_PROFILE": "production", TOKEN_ENV: "short"}
+    env = {"AIWEBENGINE_PROFILE": "production", TOKEN_ENV: "short", SECRET_KEY_ENV: SECRET_KEY}
     assert only_problem(env=env).problem == "shorter than 32 characters"
 
 
@@ -647,6 +717,7 @@ def test_every_problem_from_every_source_is_reported_together(tmp_path: Path) ->
         "sandbox.warm_spares",
         "sandbox.queue_limit",
         "security.admin_token",  # required in production
+        "security.secret_encryption_key",  # required in production
     ]
 
 
@@ -671,10 +742,12 @@ def test_config_example_documents_every_key_with_its_default(tmp_path: Path) -> 
     }
     # Settings without a TOML default are explained in prose and shown as indented examples.
     unset = {"database.url", "sandbox.pool_size", "sandbox.init_concurrency"}
-    assert written == set(ALL_KEYS) - unset - {"security.admin_token"}
+    secrets = {"security.admin_token", "security.secret_encryption_key"}
+    assert written == set(ALL_KEYS) - unset - secrets
     for key in unset:
         assert re.search(rf"(?m)^#\s+{key.partition('.')[2]} = ", example), key
     assert "AIWEBENGINE_SECURITY__ADMIN_TOKEN" in example
+    assert "AIWEBENGINE_SECURITY__SECRET_ENCRYPTION_KEY" in example
 
 
 def test_env_example_names_only_known_variables_and_leaves_the_token_empty() -> None:
@@ -687,7 +760,9 @@ def test_env_example_names_only_known_variables_and_leaves_the_token_empty() -> 
     env = {name: value for name, value in pairs}
     assert env[TOKEN_ENV] == "" and f"{TOKEN_ENV}=" in example.read_text().splitlines()
     assert "secrets.token_urlsafe(48)" in example.read_text()
+    assert env[SECRET_KEY_ENV] == "" and "generate_key_text()" in example.read_text()
     env.pop(TOKEN_FILE_ENV, None)
+    env.pop(SECRET_KEY_FILE_ENV, None)
     # With a token (the empty default means "none"), every documented variable loads.
     config = load_config(None, env={**env, TOKEN_ENV: TOKEN})
     assert config == Config(security=SecurityConfig(admin_token=Secret(TOKEN)))
@@ -706,7 +781,7 @@ def test_the_administrators_guide_has_a_table_row_for_every_key() -> None:
 # --- properties
 
 
-KNOWN_ENV_NAMES = [env_name(key) for key in ALL_KEYS] + [TOKEN_FILE_ENV]
+KNOWN_ENV_NAMES = [env_name(key) for key in ALL_KEYS] + [TOKEN_FILE_ENV, SECRET_KEY_FILE_ENV]
 env_names = st.one_of(
     st.sampled_from(KNOWN_ENV_NAMES),
     st.sampled_from(KNOWN_ENV_NAMES).map(str.lower).map(lambda n: "AIWEBENGINE_" + n[12:]),
@@ -729,12 +804,15 @@ def test_any_environment_gives_a_config_or_problems_that_name_keys(env: dict[str
         load_config(None, env=env)
     except ConfigError as error:
         assert error.problems
-        known = set(ALL_KEYS) | {"security.admin_token_file"}
+        known = set(ALL_KEYS) | {
+            "security.admin_token_file",
+            "security.secret_encryption_key_file",
+        }
         for problem in error.problems:
             named = problem.key in known or problem.key in env
             derived = any(problem.key == name[12:].lower().replace("__", ".", 1) for name in env)
             assert named or derived, problem
-            if problem.key == "security.admin_token":
+            if problem.key in ("security.admin_token", "security.secret_encryption_key"):
                 assert problem.value is None
 
 
@@ -787,8 +865,12 @@ def valid_configs(draw: st.DrawFn) -> Config:
     token = draw(st.none() | st.text(min_size=32).filter(str.strip).map(Secret))
     if token is None and (profile is Profile.PRODUCTION or not loopback_host(host)):
         token = Secret(TOKEN)
+    key = draw(st.none() | st.just(Secret(SECRET_KEY)))
+    if key is None and profile is Profile.PRODUCTION:
+        key = Secret(SECRET_KEY)
     security = SecurityConfig(
         admin_token=token,
+        secret_encryption_key=key,
         max_request_body_bytes=draw(st.integers(1, 2**40)),
         max_upload_bytes=draw(st.integers(1, 2**40)),
         trusted_proxies=draw(st.sampled_from(["", "10.0.0.0/8", "127.0.0.1, ::1/128"])),
@@ -817,7 +899,14 @@ def valid_configs(draw: st.DrawFn) -> Config:
         graphql=draw(rates),
         streams=draw(rates),
     )
-    return Config(profile, server, database, sandbox, security, logging, streams, rate_limits)
+    fetch = FetchConfig(
+        timeout_s=positive(),
+        max_response_bytes=draw(st.integers(KiB, GiB)),
+        allow_networks=draw(st.sampled_from(["", "127.0.0.0/8", "10.0.0.0/8, fd00::/8"])),
+    )
+    return Config(
+        profile, server, database, sandbox, security, logging, streams, rate_limits, fetch
+    )
 
 
 def toml_literal(value: Any) -> str:
@@ -874,8 +963,10 @@ def test_both_toml_writers_handle_awkward_strings(
 @given(config=valid_configs())
 def test_a_valid_config_written_as_toml_loads_back_equal(tmp_path: Path, config: Config) -> None:
     path = write(tmp_path, to_toml(as_document(config)))
-    token = config.security.admin_token
+    token, key = config.security.admin_token, config.security.secret_encryption_key
     env = {TOKEN_ENV: token.reveal()} if token is not None else {}
+    if key is not None:
+        env[SECRET_KEY_ENV] = key.reveal()
     assert load_config(path, env=env) == config
 
 
@@ -904,6 +995,7 @@ INT_RANGES = {
     "streams.max_total": (1, 1_000_000),
     "streams.max_message_bytes": (1, 64 * MiB),
     "streams.max_handler_errors": (1, 1000),
+    "fetch.max_response_bytes": (KiB, GiB),
 }
 OPTIONAL_INTS = {"sandbox.pool_size", "sandbox.init_concurrency"}
 
