@@ -54,8 +54,7 @@ class TypeRef:
     items_non_null: bool = False
 
     def sdl(self) -> str:
-        inner = self.name + ("!" if self.items_non_null else "") if self.is_list else self.name
-        text = f"[{inner}]" if self.is_list else inner
+        text = f"[{self.name}{'!' if self.items_non_null else ''}]" if self.is_list else self.name
         return text + ("!" if self.non_null else "")
 
 
@@ -67,9 +66,8 @@ class Field:
 
     def sdl(self) -> str:
         args = ", ".join(f"{name}: {ref.sdl()}" for name, ref in self.args)
-        return (
-            f"{self.name}({args}): {self.type.sdl()}" if args else f"{self.name}: {self.type.sdl()}"
-        )
+        signature = f"({args})" if args else ""
+        return f"{self.name}{signature}: {self.type.sdl()}"
 
 
 @attrs.frozen
@@ -171,9 +169,7 @@ def schemas(draw: st.DrawFn) -> Schema:
         for root in roots
     }
     composite = [r.name for r in roots if r.type.is_list or r.type.name.startswith("T")]
-    as_text = (
-        frozenset(draw(st.lists(st.sampled_from(composite), unique=True))) if composite else ()
-    )
+    as_text = draw(st.lists(st.sampled_from(composite), unique=True)) if composite else []
     return attrs.evolve(skeleton, data=data, as_text=frozenset(as_text), well_typed=well_typed)
 
 
@@ -188,7 +184,7 @@ json_values = st.recursive(
 # Query text is limited to the Basic Multilingual Plane: the GraphQL spec's source characters.
 query_text = st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=["Cs"]), max_size=12)
 identifiers = st.text(string.ascii_letters + string.digits, min_size=1, max_size=8)
-SCALAR_VALUES: dict[str, st.SearchStrategy[Any]] = {
+LEAF_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "Int": st.integers(-(2**31), 2**31 - 1),
     "Float": st.floats(-1e12, 1e12, allow_nan=False, allow_infinity=False),
     "String": query_text,
@@ -198,13 +194,13 @@ SCALAR_VALUES: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-def values(schema: Schema, ref: TypeRef, *, nullable: bool = True) -> st.SearchStrategy[Any]:
+def values(schema: Schema, ref: TypeRef) -> st.SearchStrategy[Any]:
     """A value of type ``ref`` as a resolver returns it (and an input as a variable)."""
     if ref.is_list:
         item = values(schema, attrs.evolve(ref, is_list=False, non_null=ref.items_non_null))
         value: st.SearchStrategy[Any] = st.lists(item, max_size=3)
-    elif ref.name in SCALAR_VALUES:
-        value = SCALAR_VALUES[ref.name]
+    elif ref.name in LEAF_VALUES:
+        value = LEAF_VALUES[ref.name]
     elif ref.name == INPUT:
         value = st.fixed_dictionaries(
             {name: values(schema, field) for name, field in schema.input_fields if field.non_null},
@@ -218,7 +214,7 @@ def values(schema: Schema, ref: TypeRef, *, nullable: bool = True) -> st.SearchS
         value = st.fixed_dictionaries(
             {field.name: values(schema, field.type) for field in schema.object_fields(ref.name)}
         )
-    return value if ref.non_null or not nullable else st.none() | value
+    return value if ref.non_null else st.none() | value
 
 
 # -- queries and what they must answer ---------------------------------------------------------
