@@ -345,7 +345,7 @@ async def test_json_text_is_parsed_where_objects_and_lists_are_declared(
             "person": {"name": "Ann", "age": 3},
             "names": ["x", "y"],
             "raw": '{"not": "parsed"}',  # a String stays the text it is
-            "obj": '{"a": [1, 2]}',  # as JSON.stringify would have made it
+            "obj": '{"a":[1,2]}',  # as JSON.stringify would have made it
             "count": 5,
             "flag": True,
             "whole": "2",

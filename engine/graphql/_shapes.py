@@ -50,7 +50,7 @@ def shape_value(value: Any, shape: FieldShape, kinds: Mapping[str, Kind]) -> Any
 def _as_text(value: Any) -> Any:
     if isinstance(value, dict | list):
         try:
-            return json.dumps(value, ensure_ascii=False)
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         except (TypeError, ValueError, RecursionError):
             return value  # not JSON data: leave it to the String coercion
     if isinstance(value, float) and value.is_integer():
