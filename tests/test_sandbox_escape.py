@@ -437,7 +437,6 @@ function h(context) {
 OWNER = """
 var TOKEN = "%s";
 function ownerHandler(context) { return TOKEN; }
-function onOwnerMessage(context) { sharedStorage.setItem("heard", "yes"); }
 function init() {
   sharedStorage.setItem("secret", TOKEN);
   upsertAsset("secret.txt", btoa(TOKEN), "text/plain");
@@ -466,11 +465,11 @@ function h(context) {
   attempt("clear", function () { return sharedStorage.clear(); });
   return JSON.stringify({ marker: "$MARK", result: tries });
 }
-function stolen(context) { return "unreachable"; }
 function init() {
   routeRegistry.registerRoute("/thief", "h", "GET");
   routeRegistry.registerRoute("/thief/call", "ownerHandler", "GET");
   routeRegistry.registerAssetRoute("/thief/asset", "secret.txt");
+  graphQLRegistry.registerQuery("steal", "steal: String", "ownerHandler", "external");
 }
 """
 
@@ -500,6 +499,10 @@ async def test_a_script_cannot_reach_another_scripts_storage_assets_or_handlers(
     assert error_of(call)["code"] == "SCRIPT_EXECUTION_FAILED"
     assert token not in call.text
     assert (await engine.client.get("/thief/asset")).status_code == 404
+    stolen = await engine.client.post("/graphql", json={"query": "{ steal }"})
+    assert stolen.json()["data"] == {"steal": None}
+    assert stolen.json()["errors"], stolen.text
+    assert token not in stolen.text
     # The thief's clear() emptied only its own storage: the owner still has its data.
     owner = await engine.client.get("/owner")
     assert owner.text == token
@@ -1063,6 +1066,84 @@ async def test_hostile_results_are_a_response_or_a_clean_500(engine: Engine) -> 
     assert "nested more than 256 levels deep" in error_of(deep)["details"]
     assert_no_restarts(engine)
     await assert_serving(engine)
+
+
+# The prelude serialises with whatever JSON.stringify is at call time; a script that replaces
+# it hands the worker things that are not JSON text at all.
+JSON_REPLACEMENTS = {
+    "an object": "function () { return {}; }",
+    "undefined": "function () { return undefined; }",
+    "a number": "function () { return 42; }",
+    "NaN text": 'function () { return "NaN"; }',
+    "a string instead of a list": "function () { return '\"x\"'; }",
+    "deep text": 'function () { return "[".repeat(5000) + "]".repeat(5000); }',
+    "deep in range": 'function () { return "[".repeat(300) + "]".repeat(300); }',
+}
+
+
+async def test_a_script_that_replaces_json_stringify_breaks_only_itself(engine: Engine) -> None:
+    cases = "".join(
+        f'    case "{name}": replacement = {js}; break;\n' for name, js in JSON_REPLACEMENTS.items()
+    )
+    script = f"""
+function h(context) {{
+  let replacement;
+  switch (context.request.query.case) {{
+{cases}  }}
+  const original = JSON.stringify;
+  JSON.stringify = replacement;
+  let answer;
+  try {{ sharedStorage.setItem("k", "v"); answer = "stored"; }}
+  catch (e) {{ answer = "threw " + e.message; }}
+  if (context.request.query.keep) return "left replaced";  // the result goes through it too
+  JSON.stringify = original;
+  return answer;
+}}
+"""
+    await engine.deploy("/json", route_script("/json", script))
+    for name in JSON_REPLACEMENTS:
+        response = await engine.client.get("/json", params={"case": name})
+        assert response.status_code == 200, (name, response.text)
+        assert response.text.startswith("threw sharedStorage.setItem: invalid arguments: "), name
+        response = await engine.client.get("/json", params={"case": name, "keep": "1"})
+        assert response.status_code == 500, (name, response.text)
+        assert "the result cannot be passed to the engine" in error_of(response)["details"]
+    assert_no_restarts(engine)
+    await assert_serving(engine)
+
+
+HOSTILE_RESOLVERS = """
+function nested(depth) {
+  const root = {};
+  let cur = root;
+  for (let i = 0; i < depth; i++) { cur.a = {}; cur = cur.a; }
+  return root;
+}
+function deep2000(context) { return nested(2000); }
+function deep100k(context) { return nested(100000); }
+function cyclic(context) { const c = {}; c.self = c; return c; }
+function fine(context) { return "fine"; }
+function init() {
+  for (const name of ["deep2000", "deep100k", "cyclic", "fine"]) {
+    graphQLRegistry.registerQuery(name, name + ": String", name, "external");
+  }
+}
+"""
+
+
+async def test_hostile_resolver_values_are_graphql_errors(engine: Engine) -> None:
+    report = await engine.deploy("/resolvers", HOSTILE_RESOLVERS)
+    assert report["init"]["success"], report
+    query = "{ deep2000 deep100k cyclic fine }"
+    response = await engine.client.post("/graphql", json={"query": query})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["data"] == {"deep2000": None, "deep100k": None, "cyclic": None, "fine": "fine"}
+    errors = {error["path"][0]: error["message"] for error in result["errors"]}
+    assert "nested more than 256 levels deep" in errors["deep2000"]
+    assert "stack overflow" in errors["deep100k"]
+    assert "circular" in errors["cyclic"]
+    assert_no_restarts(engine)
 
 
 # Not caught by the script: each must end in the 500 naming the stack, with the worker alive.

@@ -254,18 +254,25 @@ def from_js(text: Any, expected: type[Any]) -> Any:
     ``JSON.stringify`` and the prelude calls whatever is there, so nothing is taken on trust; an
     exception escaping a host callable would break the context for good."""
     if not isinstance(text, str):
-        raise ValueError(f"expected JSON text, got {type(text).__name__}")
+        raise ValueError("not JSON text (JSON.stringify was replaced?)")
     try:
         value = json.loads(text, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError(f"nested more than {MAX_VALUE_DEPTH} levels deep") from None
     if not isinstance(value, expected):
-        raise ValueError(f"expected {expected.__name__}, got {type(value).__name__}")
+        raise ValueError(f"not {_JSON_KINDS[expected]} (JSON.stringify was replaced?)")
     # Only a text with more brackets than the limit can nest deeper than it.
     brackets = text.count("[") + text.count("{")
     if brackets > MAX_VALUE_DEPTH and _deeper_than(value, MAX_VALUE_DEPTH):
         raise ValueError(f"nested more than {MAX_VALUE_DEPTH} levels deep")
     return value
+
+
+_JSON_KINDS: dict[type[Any], str] = {
+    list: "a JSON array",
+    dict: "a JSON object",
+    str: "a JSON string",
+}
 
 
 def _no_constant(name: str) -> Any:
