@@ -1305,6 +1305,44 @@ async def test_a_50_mb_argument_ends_in_the_memory_limit_error(tmp_path: Path) -
         await assert_serving(engine)
 
 
+FRAME_FILLER = """
+function h(context) {
+  // A control character is one byte in QuickJS and six ("\\u0001") in a JSON frame.
+  const big = "\\u0001".repeat(12 * 1024 * 1024);
+  switch (context.request.query.case) {
+    case "log": console.log(big); return "logged";
+    case "result": return big;
+    case "host call": return sharedStorage.setItem("k", big);
+  }
+}
+"""
+
+
+async def test_past_the_frame_limit_a_result_or_argument_fails_cleanly(tmp_path: Path) -> None:
+    """With a raised memory limit a value can outgrow the 64 MiB frame between the worker and
+    the engine: the script fails (a log line is cut), the worker stays."""
+    config = make_config(
+        tmp_path / "data",
+        **{"sandbox.memory_limit_bytes": 256 * MiB, "sandbox.handler_timeout_ms": 30_000},
+    )
+    async with running_engine(config) as engine:
+        await engine.deploy("/filler", route_script("/filler", FRAME_FILLER))
+        with trio.fail_after(90):
+            logged = await engine.client.get("/filler", params={"case": "log"})
+            result = await engine.client.get("/filler", params={"case": "result"})
+            stored = await engine.client.get("/filler", params={"case": "host call"})
+        assert (logged.status_code, logged.text) == (200, "logged")
+        logs = await engine.logs(uri="/filler")
+        (line,) = [entry["message"] for entry in logs if entry["level"] == "LOG"]
+        assert line.startswith("\x01" * 1000)
+        assert line.endswith(f"… (a line of {12 * MiB} characters, cut)")
+        assert result.status_code == 500
+        assert "the result cannot be passed to the engine: frame of" in error_of(result)["details"]
+        assert stored.status_code == 500
+        assert "sharedStorage.setItem: host call failed: frame of" in error_of(stored)["details"]
+        assert_no_restarts(engine)
+
+
 async def test_oversized_arguments_get_the_apis_own_refusal(engine: Engine) -> None:
     await engine.deploy("/big", huge_argument_script(2 * MiB))
     for name, expected in OVERSIZED_ANSWERS.items():

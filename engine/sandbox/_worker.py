@@ -161,7 +161,13 @@ class Worker:
             text = from_js(message, str)  # the prelude sends the line as a JSON string
         except ValueError:
             text = str(message)
-        self.channel.send(Log(self._invocation_id, str(level), text, int(time.time() * 1000)))
+        line = Log(self._invocation_id, str(level), text, int(time.time() * 1000))
+        try:
+            self.channel.send(line)
+        except FrameError:
+            # Only a raised memory limit lets one line outgrow a frame; its start is kept.
+            cut = f"{text[:_MAX_MESSAGE_CHARS]}… (a line of {len(text)} characters, cut)"
+            self.channel.send(Log(line.invocation_id, line.level, cut, line.timestamp_ms))
 
     # -- invocations ---------------------------------------------------------------------
 
@@ -173,7 +179,16 @@ class Worker:
                 return
             if not isinstance(frame, Invoke):
                 raise ProtocolViolation(f"expected Invoke, got {type(frame).__name__}")
-            self.channel.send(self.run(frame))
+            result = self.run(frame)
+            try:
+                self.channel.send(result)
+            except FrameError as exc:
+                # A result past the frame limit (possible only with a raised memory limit) is
+                # the script's failure, not a reason to lose the worker.
+                message = f"the result cannot be passed to the engine: {exc}"
+                self.channel.send(
+                    Result(frame.invocation_id, failure=Failure("exception", message))
+                )
 
     def run(self, invoke: Invoke) -> Result | NeedSource:
         started = time.perf_counter()
