@@ -29,6 +29,7 @@ import quickjs
 import trio
 
 from engine.config import Config, load_config
+from engine.secrets import DEVELOPMENT_KEY_FILE
 from tests.conftest import Engine, make_config, running_engine
 from tests.test_sandbox_faults import HEALTHY, error_of
 
@@ -36,12 +37,9 @@ MiB = 1024 * 1024
 MARK = "probe-ran"
 
 
-def route_script(path: str, body: str, *, handler: str = "h", extra: str = "") -> str:
-    """A script serving GET ``path`` with ``handler``; ``body`` defines the functions."""
-    return (
-        f"{body}\n{extra}\n"
-        f'function init() {{ routeRegistry.registerRoute("{path}", "{handler}", "GET"); }}\n'
-    )
+def route_script(path: str, body: str) -> str:
+    """A script serving GET ``path`` with its function ``h``; ``body`` defines the functions."""
+    return f'{body}\nfunction init() {{ routeRegistry.registerRoute("{path}", "h", "GET"); }}\n'
 
 
 def probe_script(path: str, body: str) -> str:
@@ -73,7 +71,7 @@ async def run_probe(engine: Engine, path: str, **params: str) -> Any:
 
 
 async def assert_serving(engine: Engine) -> None:
-    """Another script still answers, and no worker had to be replaced along the way."""
+    """Another script still answers."""
     await engine.deploy("/healthy", HEALTHY)
     response = await engine.client.get("/ok")
     assert response.status_code == 200, response.text
@@ -92,6 +90,27 @@ def single_worker(tmp_path: Path, **overrides: Any) -> Config:
 
 # ---------------------------------------------------------------------------------------------
 # Nothing of Python is reachable
+
+# Every string reachable from the global object, the script's context included.
+REACHABLE_STRINGS = r"""
+function reachableStrings() {
+  const strings = [];
+  const seen = new Set();
+  (function walk(value, depth) {
+    if (typeof value === "string") { strings.push(value); return; }
+    if (value === null || typeof value !== "object" || seen.has(value) || depth === 0) return;
+    seen.add(value);
+    for (const key of Object.getOwnPropertyNames(value)) {
+      let v;
+      try { v = value[key]; } catch (e) { continue; }
+      strings.push(key);
+      walk(v, depth - 1);
+    }
+  })(globalThis, 8);
+  return strings;
+}
+"""
+
 
 # Walks everything reachable from the global object (own properties, accessors, prototypes)
 # and lists the native functions it meets.  QuickJS's own builtins are native; the prelude's
@@ -318,8 +337,8 @@ async def test_no_file_or_environment_variable_is_readable(
         "markdown link": 'convert.markdown_to_html("[x](file:///etc/passwd) ![y](/etc/passwd)")',
         "fetch file URL": 'fetch("file:///etc/passwd")',
         "fetch planted": f"fetch({json.dumps('file://' + str(planted))})",
-        "fetchAsset key file": 'fetchAsset("../secret_encryption_key")',
-        "getScript key file": 'getScript("secret_encryption_key")',
+        "fetchAsset key file": f'fetchAsset("../{DEVELOPMENT_KEY_FILE}")',
+        "getScript key file": f'getScript("{DEVELOPMENT_KEY_FILE}")',
     }
     body = (
         "result = {};"
@@ -329,18 +348,9 @@ async def test_no_file_or_environment_variable_is_readable(
             for name, js in attempts.items()
         )
         # Every string reachable from the global object, in case anything carried the env.
+        + REACHABLE_STRINGS
         + """
-const strings = [];
-const seen = new Set();
-(function walk(value, depth) {
-  if (typeof value === "string") { strings.push(value); return; }
-  if (value === null || typeof value !== "object" || seen.has(value) || depth === 0) return;
-  seen.add(value);
-  for (const key of Object.getOwnPropertyNames(value)) {
-    let v; try { v = value[key]; } catch (e) { continue; }
-    strings.push(key); walk(v, depth - 1);
-  }
-})(globalThis, 6);
+const strings = reachableStrings();
 result.reachableStrings = strings.length;
 result.everything = strings.join("\\n");
 """
@@ -348,7 +358,7 @@ result.everything = strings.join("\\n");
     async with running_engine(config) as engine:
         found = await probe(engine, "/files", body)
     # Development without a configured key keeps a generated one in the data directory.
-    key_file = (tmp_path / "data" / "secret_encryption_key").read_text().strip()
+    key_file = (tmp_path / "data" / DEVELOPMENT_KEY_FILE).read_text().strip()
     assert len(key_file) >= 32
     assert set(found) == {*attempts, "reachableStrings", "everything"}
     assert found["reachableStrings"] > 100  # the walk ran over the API and the context
@@ -395,15 +405,8 @@ async def test_globals_and_prototype_changes_never_reach_another_script(tmp_path
         assert await run_probe(engine, "/b") == clean
         # ...while A's context kept its changes, so B had something to see.
         assert await run_probe(engine, "/a") == polluted
-        # A new script evaluated after the pollution starts clean, init included.
-        await engine.deploy(
-            "/c",
-            route_script(
-                "/c",
-                POLLUTER.replace("pollute", "never"),
-                extra='sharedStorage.setItem("top", String(({}).polluted));',
-            ),
-        )
+        # A script evaluated after the pollution starts clean.
+        await engine.deploy("/c", route_script("/c", POLLUTER.replace("pollute", "never")))
         assert await run_probe(engine, "/c") == clean
         assert engine.runtime.pool.stats().restarts == 0
 
@@ -436,7 +439,7 @@ function h(context) {
 
 OWNER = """
 var TOKEN = "%s";
-function ownerHandler(context) { return TOKEN; }
+function ownerHandler(context) { return sharedStorage.getItem("secret"); }
 function init() {
   sharedStorage.setItem("secret", TOKEN);
   upsertAsset("secret.txt", btoa(TOKEN), "text/plain");
@@ -1112,16 +1115,12 @@ function h(context) {{
     await assert_serving(engine)
 
 
-HOSTILE_RESOLVERS = """
-function nested(depth) {
-  const root = {};
-  let cur = root;
-  for (let i = 0; i < depth; i++) { cur.a = {}; cur = cur.a; }
-  return root;
-}
-function deep2000(context) { return nested(2000); }
-function deep100k(context) { return nested(100000); }
-function cyclic(context) { const c = {}; c.self = c; return c; }
+HOSTILE_RESOLVERS = (
+    HOSTILE_VALUES
+    + """
+function deep2000(context) { return MAKERS.deep2000(); }
+function deep100k(context) { return MAKERS.deep100k(); }
+function cyclic(context) { return MAKERS.cyclic(); }
 function fine(context) { return "fine"; }
 function init() {
   for (const name of ["deep2000", "deep100k", "cyclic", "fine"]) {
@@ -1129,6 +1128,7 @@ function init() {
   }
 }
 """
+)
 
 
 async def test_hostile_resolver_values_are_graphql_errors(engine: Engine) -> None:
@@ -1170,11 +1170,11 @@ async def test_deeply_nested_values_end_in_the_stack_error_not_a_dead_worker(
     cases = "".join(
         f'    case "{name}": {{ {js} return "survived"; }}\n' for name, js in DEEP_UNCAUGHT.items()
     )
-    script = f"""
+    script = (
+        HOSTILE_VALUES
+        + f"""
 function h(context) {{
-  const deep = {{}};
-  let cur = deep;
-  for (let i = 0; i < 100000; i++) {{ cur.a = {{}}; cur = cur.a; }}
+  const deep = MAKERS.deep100k();
   switch (context.request.query.case) {{
 {cases}  }}
 }}
@@ -1183,6 +1183,7 @@ function init() {{
   routeRegistry.registerRoute("/deep", "h", "GET");
 }}
 """
+    )
     await engine.deploy("/deep", script)
     for name in DEEP_UNCAUGHT:
         response = await engine.client.get("/deep", params={"case": name})
@@ -1468,26 +1469,6 @@ async def test_repeated_memory_exhaustion_does_not_degrade_other_scripts(tmp_pat
 
 # ---------------------------------------------------------------------------------------------
 # The engine's secrets
-
-# Every string reachable from the global object, the script's context included.
-REACHABLE_STRINGS = r"""
-function reachableStrings() {
-  const strings = [];
-  const seen = new Set();
-  (function walk(value, depth) {
-    if (typeof value === "string") { strings.push(value); return; }
-    if (value === null || typeof value !== "object" || seen.has(value) || depth === 0) return;
-    seen.add(value);
-    for (const key of Object.getOwnPropertyNames(value)) {
-      let v;
-      try { v = value[key]; } catch (e) { continue; }
-      strings.push(key);
-      walk(v, depth - 1);
-    }
-  })(globalThis, 8);
-  return strings;
-}
-"""
 
 SECRETS_PROBE = (
     REACHABLE_STRINGS
