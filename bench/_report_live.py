@@ -22,6 +22,7 @@ from bench._tables import (
     Metric,
     number,
     percent,
+    ratio,
     rounds,
     summary,
     table,
@@ -249,6 +250,7 @@ def live_interpretation(result: SuiteResult) -> list[str]:
     all_p50, _, _ = spread([b.all_s for b in fanout.broadcasts if not math.isnan(b.all_s)])
     median_subscriber, _, _ = spread([b.delay(50) for b in fanout.broadcasts])
     work_s = cpu * fanout.counted / 1e6
+    gql_cpu, _, _ = spread(graphql.fanout.cpu_per_delivery_us())
     hello, typename = graphql.hello, graphql.typename
     resolver = graphql.engine_fields
     round_trip = result.round_trip["parent_cpu_us"]
@@ -262,10 +264,22 @@ def live_interpretation(result: SuiteResult) -> list[str]:
         f"the SSE encoder, the ASGI send, hypercorn's h11 framing, the socket write), and Trio "
         f"runs every ready task once before any runs again, so most writes happen late: the "
         f"median subscriber had the message after {_ms(median_subscriber)} ms, close to the "
-        f"last one. Time to reach everybody grows with subscribers {TIMES} CPU per delivery.",
+        f"last one. Time to reach everybody grows with subscribers {TIMES} CPU per delivery"
+        + (
+            ", and at this size most of that CPU is the cyclic garbage collector's (see the "
+            "observations above)."
+            if fanout.counted >= 5_000
+            else "."
+        ),
         f"- **Memory per subscriber** is the Python objects of one open streaming response: "
         f"{number(fanout.bytes_per_subscriber / 1000, 1)} KB of engine RSS each. Kernel socket "
         f"buffers are not in RSS and come on top.",
+        f"- **GraphQL fan-out** cost the engine process {number(gql_cpu)} µs of CPU per "
+        f"delivery (median), {ratio(gql_cpu / cpu) if cpu else 'n/a'} an SSE delivery's: "
+        f"every subscriber's copy of a message is a Tartiflette execution of its subscription "
+        f"on the asyncio loop before its WebSocket frame is written. Each idle subscriber held "
+        f"{number(graphql.fanout.bytes_per_subscriber / 1000, 1)} KB (a WebSocket connection "
+        f"with its protocol state, the subscription's pump task, channel and hub queue).",
         f"- **WebSocket echo.** The script's echo cost the engine process "
         f"{number(echo.candidate.median(_leader))} µs of CPU per message against "
         f"{number(echo.baseline.median(_leader))} µs for the bare echo, plus "
