@@ -8,7 +8,8 @@ better than refusing service because of it.  The queue is bounded for the same r
 beyond it are dropped and counted.  Readers call :meth:`AuditLog.flush` first, so an event
 recorded before a read is always in that read.
 
-Actions are dotted names; the engine records these (other services add their own):
+Actions are dotted names.  The HTTP layer records these; the secrets and fetch services add
+``secret.set``, ``secret.delete``, ``secret.clear`` and ``fetch.blocked``:
 
 * ``auth.admin_token`` -- a request to ``/engine`` presented the admin token (``allowed``) or a
   wrong bearer token (``denied``);

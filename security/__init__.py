@@ -4,7 +4,8 @@ Pure building blocks, each in its own module and tested without a server:
 
 * ``identity`` -- who is calling (``UserContext``), roles, the capability table, who a script
   runs as;
-* ``ratelimit`` -- token buckets per surface and key, and the client address behind proxies;
+* ``ratelimit`` -- token buckets per surface and key, rules written as ``300/10s``, and the
+  client address behind trusted proxies;
 * ``net`` -- the outbound ``fetch`` guard: URL checks, blocked address ranges in every spelling,
   checked DNS resolution, redirect hops;
 * ``secrets`` -- AES-GCM sealing of secrets at rest, key text, log masking;
