@@ -85,11 +85,9 @@ class LiveSettings:
 
 
 def without_rate_limits() -> dict[str, object]:
-    """Engine settings that turn its per-client rate limits off, where it has them: every
-    benchmark client comes from one loopback address, so the limits would measure themselves."""
-    from engine.config import default_config
-
-    return {"rate_limits.enabled": False} if hasattr(default_config(), "rate_limits") else {}
+    """Engine settings that turn its per-client rate limits off: every benchmark client comes
+    from one loopback address, so the limits would measure themselves."""
+    return {"rate_limits.enabled": False}
 
 
 @attrs.frozen

@@ -102,6 +102,9 @@ class Settings:
             "sandbox.warm_spares": self.runaway_warm_spares,
             "sandbox.handler_timeout_ms": self.runaway_timeout_ms,
             "sandbox.breaker_failure_threshold": self.runaway_breaker_threshold,
+            # Every benchmark client comes from one loopback address: the per-client rate
+            # limits would measure themselves.
+            "rate_limits.enabled": False,
         }
 
 

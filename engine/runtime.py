@@ -8,6 +8,7 @@ then stops the pool, which kills every worker process, and closes the database.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import time
@@ -190,6 +191,7 @@ class EngineRuntime:
             await self._database.scripts.upsert(EXAMPLE_SCRIPT_URI, source, int(time.time() * 1000))
             log.info("installed the example script", uri=EXAMPLE_SCRIPT_URI)
         await self._scripts.load_all()
+        _tune_garbage_collector()
         self.started = True
         self._started_event.set()
         log.info(
@@ -263,3 +265,18 @@ class EngineRuntime:
         stats = self.pool.stats()
         pool = "ok" if stats.ready else f"degraded: {stats.live}/{stats.size} workers"
         return Readiness(database, pool, self.started and database == "ok" and stats.ready)
+
+
+# The first generation is collected every 700 allocations by default.  A broadcast to
+# thousands of subscribers allocates a few objects per subscriber, and collections then took
+# about two thirds of its time (measured with py-spy in the fan-out benchmark).  Almost
+# everything here is freed by reference counting; the collector only finds cycles, and
+# finding them a little later costs little memory.  Objects alive after start-up (modules,
+# configuration, loaded scripts) are frozen out of the collector's scans altogether.
+GC_FIRST_GENERATION_THRESHOLD = 50_000
+
+
+def _tune_garbage_collector() -> None:
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(max(GC_FIRST_GENERATION_THRESHOLD, gc.get_threshold()[0]), second, third)
+    gc.freeze()

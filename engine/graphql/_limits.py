@@ -14,11 +14,13 @@ Two checks protect two different things:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator
 from typing import Any, cast
 
+import attrs
 from tartiflette.language.parsers.libgraphqlparser.parser import _parse_to_json_ast
 from tartiflette.types.exceptions.tartiflette import GraphQLSyntaxError
 
@@ -70,11 +72,7 @@ def check_query(query: str, *, max_chars: int = 100_000, max_depth: int = 15) ->
         raise QueryRejected(f"the query is longer than {max_chars:,} characters ({len(query):,})")
     if not query.strip():
         raise QueryRejected("the query is empty")
-    problem = nesting_problem(query)
-    if problem is not None:
-        raise QueryRejected(problem)
-    document = _parse(query)
-    depth = _document_depth(document)
+    depth = _summary(query).depth
     if depth > max_depth:
         raise QueryRejected(f"the query is {depth} levels deep; the limit is {max_depth}")
 
@@ -88,26 +86,54 @@ def operation_of(query: str, operation_name: str | None = None) -> Operation:
     """
     if not isinstance(query, str):
         raise QueryRejected("the query must be a string")
-    problem = nesting_problem(query)
-    if problem is not None:
-        raise QueryRejected(problem)
-    operations = [
-        definition
-        for definition in _parse(query).get("definitions") or ()
-        if definition.get("kind") == "OperationDefinition"
-    ]
+    operations = _summary(query).operations
     if operation_name is not None:
-        operations = [o for o in operations if (o.get("name") or {}).get("value") == operation_name]
+        operations = tuple(o for o in operations if o[0] == operation_name)
         if not operations:
             raise QueryRejected(f"the query has no operation named '{operation_name}'")
     if not operations:
         raise QueryRejected("the query has no operation")
     if len(operations) > 1:
         raise QueryRejected("the query has several operations: name the one to run")
-    kind = operations[0].get("operation")
+    kind = operations[0][1]
     if kind not in ("query", "mutation", "subscription"):  # pragma: no cover - parser's words
         raise QueryRejected(f"unknown operation type {kind!r}")
     return cast(Operation, kind)
+
+
+@attrs.frozen
+class _Summary:
+    """What the limits need to know of a parsed query."""
+
+    depth: int
+    operations: tuple[tuple[str | None, str], ...]  # (name, kind)
+
+
+# Clients send the same queries again and again: their summaries are kept (short ones only,
+# so the cache stays small), and a query is parsed once per request instead of twice.
+_CACHED_QUERY_CHARS = 8192
+
+
+def _summary(query: str) -> _Summary:
+    if len(query) <= _CACHED_QUERY_CHARS:
+        return _cached_summary(query)
+    return _summarize(query)
+
+
+def _summarize(query: str) -> _Summary:
+    problem = nesting_problem(query)
+    if problem is not None:
+        raise QueryRejected(problem)
+    document = _parse(query)
+    operations = tuple(
+        ((definition.get("name") or {}).get("value"), str(definition.get("operation")))
+        for definition in document.get("definitions") or ()
+        if definition.get("kind") == "OperationDefinition"
+    )
+    return _Summary(_document_depth(document), operations)
+
+
+_cached_summary = functools.lru_cache(maxsize=512)(_summarize)
 
 
 def _parse(query: str) -> dict[str, Any]:
