@@ -276,7 +276,14 @@ class EngineRuntime:
 GC_FIRST_GENERATION_THRESHOLD = 50_000
 
 
+_frozen = False
+
+
 def _tune_garbage_collector() -> None:
+    global _frozen
     _, second, third = gc.get_threshold()
     gc.set_threshold(max(GC_FIRST_GENERATION_THRESHOLD, gc.get_threshold()[0]), second, third)
-    gc.freeze()
+    if not _frozen:  # once per process: later start-ups (tests) must not pin garbage
+        gc.collect()
+        gc.freeze()
+        _frozen = True
