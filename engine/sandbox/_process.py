@@ -173,12 +173,23 @@ def worker_command(
     ]
 
 
+def worker_environment() -> dict[str, str]:
+    """The environment of sandbox processes: the engine's, without its own settings.
+
+    Workers get their limits as arguments and need no configuration; leaving out every
+    ``AIWEBENGINE_*`` variable keeps the admin token and the secret encryption key out of a
+    process that runs untrusted code, should a script ever escape the interpreter.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIWEBENGINE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    return env
+
+
 async def start_worker(
     limits: WorkerLimits, *, python: str = sys.executable, start_timeout_s: float = 20.0
 ) -> WorkerProcess:
     """Launch a worker and wait for its greeting; kills it again if the greeting fails."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    env = worker_environment()
     process = await trio.lowlevel.open_process(
         worker_command(limits, python=python),
         stdin=subprocess.PIPE,
@@ -222,10 +233,7 @@ class Zygote:
     async def start(cls, limits: WorkerLimits, *, python: str = sys.executable) -> Zygote:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(
-                filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")])
-            )
+            env = worker_environment()
             command = worker_command(limits, python=python, module="engine.sandbox._zygote")
             process = await trio.lowlevel.open_process(
                 [*command, "--socket-fd", str(child_end.fileno())],
