@@ -6,11 +6,11 @@ calls; it mounts every surface: Quart blueprints for the engine's own endpoints 
 them the plain-ASGI ``solutions`` dispatcher, which serves every path outside the engine's
 prefixes, SSE and WebSocket stream connections included.  ``graphql`` serves ``/graphql`` and
 ``/engine/graphql/schema`` as a blueprint and ``/graphql/sse`` and ``/graphql/ws`` as plain ASGI
-between the two.  ``audit`` serves ``/engine/audit`` and ``secrets`` ``/engine/secrets``.  In
-front of everything, ``_gate`` checks request limits, identifies the caller, applies rate limits
-and adds security headers; ``_access`` holds the capability checks of the ``/engine``
-endpoints.  ``_server_guard`` repairs two places where a client's protocol fault could stop
-hypercorn itself.
+between the two.  ``audit`` serves ``/engine/audit``, ``secrets`` ``/engine/secrets`` and
+``openapi`` ``/engine/openapi.json``.  In front of everything, ``_gate`` checks request limits,
+identifies the caller, applies rate limits and adds security headers; ``_access`` holds the
+capability checks of the ``/engine`` endpoints.  ``_server_guard`` repairs two places where a
+client's protocol fault could stop hypercorn itself.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from handlers import (
     audit,
     graphql,
     health,
+    openapi,
     secrets,
     solutions,
     streams,
@@ -41,6 +42,7 @@ def register(app: QuartTrio, runtime: EngineRuntime) -> None:
     app.register_blueprint(assets.make_blueprint(runtime))
     app.register_blueprint(audit.make_blueprint(runtime))
     app.register_blueprint(secrets.make_blueprint(runtime))
+    app.register_blueprint(openapi.make_blueprint(runtime))
     app.register_blueprint(streams.make_blueprint(runtime))
     # /graphql and the schema on Quart; /graphql/sse and /graphql/ws in front of it, as ASGI.
     graphql.install(app, runtime)

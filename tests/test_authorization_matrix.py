@@ -96,6 +96,7 @@ ROWS: dict[tuple[str, str], tuple[Requirement, Call]] = {
     ("GET", "/engine/types/aiwebengine.d.ts"): (PUBLIC, Call()),
     ("GET", "/engine/types/v0.1.0/aiwebengine.d.ts"): (PUBLIC, Call()),
     ("GET", "/engine/installed"): (PUBLIC, Call()),
+    ("GET", "/engine/openapi.json"): (Capability.ReadScripts, Call()),
     ("GET", "/engine/assets"): (Capability.ReadAssets, Call({"params": {"script": SCRIPT}})),
     ("POST", "/engine/assets"): (
         Capability.WriteAssets,
