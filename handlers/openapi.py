@@ -85,10 +85,13 @@ def _query(name: str, description: str, schema: Json = _STRING, *, required: boo
     }
 
 
-def _body(schema: Json, *media_types: str) -> Json:
+def _body(schema: Json, example: Json, *media_types: str) -> Json:
     return {
         "required": True,
-        "content": {media: {"schema": schema} for media in media_types or ("application/json",)},
+        "content": {
+            media: {"schema": schema, "example": example}
+            for media in media_types or ("application/json",)
+        },
     }
 
 
@@ -153,7 +156,11 @@ _LOG_FILTERS: Final = [
     _query("after_seq", "Lines after this sequence number.", {"type": "integer", "minimum": 0}),
     _query("limit", "At most this many lines.", {"type": "integer", "minimum": 1}),
 ]
-_SCRIPT_PARAM: Final = _query("script", "The script's URI.", required=True)
+EXAMPLE_SCRIPT: Final = "https://example.com/app"
+_SCRIPT_PARAM: Final = {
+    **_query("script", "The script's URI.", required=True),
+    "example": EXAMPLE_SCRIPT,
+}
 _SSE: Final = _text("A server-sent event stream.", "text/event-stream")
 
 
@@ -207,7 +214,12 @@ ENGINE_OPERATIONS: Final[dict[tuple[str, str], Json]] = {
                 ),
             )
         },
-        body=_body(_UPSERT_BODY, "application/x-www-form-urlencoded", "application/json"),
+        body=_body(
+            _UPSERT_BODY,
+            {"uri": EXAMPLE_SCRIPT, "content": "function init() {}"},
+            "application/x-www-form-urlencoded",
+            "application/json",
+        ),
         errors=("BadRequest", "TooLarge", "Unavailable"),
     ),
     ("POST", "/engine/delete_script"): _operation(
@@ -228,7 +240,10 @@ ENGINE_OPERATIONS: Final[dict[tuple[str, str], Json]] = {
             )
         },
         body=_body(
-            _object({"uri": _STRING}), "application/x-www-form-urlencoded", "application/json"
+            _object({"uri": _STRING}),
+            {"uri": "https://example.com/old"},
+            "application/x-www-form-urlencoded",
+            "application/json",
         ),
         errors=("BadRequest", "NotFound", "TooLarge", "Unavailable"),
     ),
@@ -422,7 +437,8 @@ ENGINE_OPERATIONS: Final[dict[tuple[str, str], Json]] = {
                     "content": {"type": "string", "contentEncoding": "base64"},
                 },
                 {"mimetype": _STRING},
-            )
+            ),
+            {"asset": "hello.txt", "content": "aGVsbG8=", "mimetype": "text/plain"},
         ),
         errors=("BadRequest", "NotFound", "TooLarge"),
     ),
@@ -444,7 +460,12 @@ ENGINE_OPERATIONS: Final[dict[tuple[str, str], Json]] = {
                     ),
                 },
                 {"base_sha256": _STRING, "reinit": _STRING},
-            )
+            ),
+            {
+                "asset": "hello.txt",
+                "edits": [{"old_string": "hello", "new_string": "howdy"}],
+                "reinit": "never",
+            },
         ),
         errors=("BadRequest", "NotFound", "Conflict", "TooLarge"),
     ),
@@ -465,7 +486,8 @@ ENGINE_OPERATIONS: Final[dict[tuple[str, str], Json]] = {
                     ),
                 },
                 {"reinit": _STRING},
-            )
+            ),
+            {"script": EXAMPLE_SCRIPT, "files": [{"name": "notes.txt", "content": "notes"}]},
         ),
         errors=("BadRequest", "NotFound", "Conflict", "TooLarge"),
     ),
@@ -566,7 +588,8 @@ ENGINE_OPERATIONS: Final[dict[tuple[str, str], Json]] = {
             _object(
                 {"key": _STRING, "value": _STRING},
                 {"allowed_hosts": _array(_STRING)},
-            )
+            ),
+            {"key": "API_KEY", "value": "s3cret", "allowed_hosts": ["api.example.com"]},
         ),
         errors=("BadRequest", "TooLarge"),
     ),

@@ -16,6 +16,7 @@ from typing import Any
 import hypothesis
 import schemathesis
 import trio
+from hypothesis import strategies
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -23,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from handlers._access import REQUIREMENT_ATTR
-from handlers.openapi import ENGINE_OPERATIONS, openapi_path
+from handlers.openapi import ENGINE_OPERATIONS, EXAMPLE_SCRIPT, openapi_path
 from security import generate_key_text
 from tests.conftest import Engine, make_config, running_engine
 from tests.test_authorization_matrix import engine_endpoints
@@ -183,6 +184,9 @@ CHECKS = [
 def exercise_operation(operation: Any, base_url: str) -> set[int]:
     """Call one operation with generated requests (failing on any check); the statuses seen."""
     seen: set[int] = set()
+    # The document's examples (which name a deployed script, so writes can succeed) and
+    # generated requests.
+    examples = operation.get_strategies_from_examples()
 
     @hypothesis.settings(
         max_examples=10,
@@ -191,7 +195,7 @@ def exercise_operation(operation: Any, base_url: str) -> set[int]:
         suppress_health_check=list(hypothesis.HealthCheck),
         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
     )
-    @hypothesis.given(case=operation.as_strategy())
+    @hypothesis.given(case=strategies.one_of(*examples, operation.as_strategy()))
     def call(case: Any) -> None:
         response = case.call_and_validate(
             base_url=base_url, headers=ADMIN, checks=CHECKS, timeout=30
@@ -215,7 +219,8 @@ def exercise(document: dict[str, Any], base_url: str) -> tuple[dict[str, set[int
         name = f"{operation.method.upper()} {operation.path}"
         try:
             statuses[name] = exercise_operation(operation, base_url)
-        except Exception as exc:  # every operation's failure, not only the first
+        # Every operation's failures, not only the first (schemathesis raises a group).
+        except (Exception, BaseExceptionGroup) as exc:
             failures.append(f"{name}: {exc}")
     return statuses, failures
 
@@ -225,6 +230,8 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 ) -> None:
     async with engine_in(tmp_path) as engine:
         await engine.deploy(SCRIPT, SOURCE)
+        # The script the document's examples name, so that they can succeed.
+        await engine.deploy(EXAMPLE_SCRIPT, SOURCE.replace("/items", "/example"))
         document = await fetch_document(engine)
         # The calls are synchronous: make them from a thread while the engine serves here.
         statuses, failures = await trio.to_thread.run_sync(exercise, document, engine.base_url)
@@ -234,4 +241,4 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     # Every operation was called, and generated requests reached success and refusal alike.
     assert len(statuses) == len(ENGINE_OPERATIONS) - len(STREAMING)
     assert all(statuses.values()), statuses
-    assert {200, 400, 404} <= set().union(*statuses.values())
+    assert {200, 201, 400, 404} <= set().union(*statuses.values())
