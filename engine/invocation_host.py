@@ -8,6 +8,7 @@ the registrations in and writes the log lines when the invocation ends.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -375,6 +376,8 @@ class InvocationHost:
             summary=summary,
             description=description,
             tags=tags,
+            parameters_json=openapi_json(metadata, "parameters", list),
+            request_body_json=openapi_json(metadata, "requestBody", dict),
         )
         return f"Route '{method} {path}' registered to handler '{handler}'"
 
@@ -394,6 +397,30 @@ def route_metadata(metadata: Any) -> tuple[str | None, str | None, tuple[str, ..
         description if isinstance(description, str) else None,
         tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else (),
     )
+
+
+def openapi_json(metadata: Any, key: str, kind: type) -> str | None:
+    """``parameters``/``requestBody`` of route metadata as canonical JSON text, or ``None``.
+
+    The original took them as JSON strings and ignored what did not parse; an array or
+    object given directly is accepted as well.
+    """
+    if not isinstance(metadata, Mapping):
+        return None
+    value = metadata.get(key)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(value, kind):
+        return None
+    if isinstance(value, list) and not all(isinstance(item, dict) for item in value):
+        return None
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def fatal_message(handler: str, exc: EngineError) -> str:

@@ -77,6 +77,10 @@ class Route:
     summary: str | None = None
     description: str | None = None
     tags: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple)
+    # OpenAPI ``parameters`` (a JSON array) and ``requestBody`` (a JSON object) from the
+    # registration metadata, kept as canonical JSON text so a route stays a hashable value.
+    parameters_json: str | None = None
+    request_body_json: str | None = None
 
 
 def _copy_params(params: Mapping[str, str]) -> dict[str, str]:

@@ -13,6 +13,7 @@ path segments become required path parameters.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -692,8 +693,15 @@ def _metadata(
 def _route_operation(route: Route, parameters: list[Json]) -> Json:
     operation = _metadata(route.summary, route.description, route.tags, route.script_uri)
     operation["x-handler"] = route.handler
+    declared = json.loads(route.parameters_json) if route.parameters_json else []
+    # Path parameters come from the pattern; the script's own entries add the rest (and win
+    # for a name they declare themselves).
+    named = {(p.get("name"), p.get("in")) for p in declared}
+    parameters = [p for p in parameters if (p.get("name"), p.get("in")) not in named] + declared
     if parameters:
         operation["parameters"] = parameters
+    if route.request_body_json:
+        operation["requestBody"] = json.loads(route.request_body_json)
     operation["responses"] = {"default": {"description": "The handler's response."}}
     return operation
 

@@ -242,3 +242,28 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     assert len(statuses) == len(ENGINE_OPERATIONS) - len(STREAMING)
     assert all(statuses.values()), statuses
     assert {200, 201, 400, 404} <= set().union(*statuses.values())
+
+
+async def test_route_metadata_parameters_and_request_body_are_documented(engine: Engine) -> None:
+    source = """
+function init() {
+  routeRegistry.registerRoute("/items/:id", "item", "POST", {
+    summary: "Update an item",
+    parameters: JSON.stringify([{name: "dry", in: "query", schema: {type: "boolean"}}]),
+    requestBody: {content: {"application/json": {schema: {type: "object"}}}},
+  });
+  routeRegistry.registerRoute("/broken", "item", "GET", {parameters: "[not json", requestBody: 3});
+}
+function item() { return "ok"; }
+"""
+    await engine.deploy("meta", source)
+    document = (await engine.client.get("/engine/openapi.json")).json()
+    operation = document["paths"]["/items/{id}"]["post"]
+    assert operation["summary"] == "Update an item"
+    names = [(p["name"], p["in"]) for p in operation["parameters"]]
+    assert names == [("id", "path"), ("dry", "query")]
+    assert operation["requestBody"] == {
+        "content": {"application/json": {"schema": {"type": "object"}}}
+    }
+    broken = document["paths"]["/broken"]["get"]
+    assert "parameters" not in broken and "requestBody" not in broken
