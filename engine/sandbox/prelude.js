@@ -216,22 +216,37 @@
   const B64_INDEX = {};
   for (let i = 0; i < B64.length; i++) B64_INDEX[B64[i]] = i;
 
+  // Bytes live in typed arrays: a plain array spends 16 bytes of heap per byte.
   function utf8Bytes(text) {
-    const bytes = [];
-    for (const ch of wellFormed(text)) {
+    const source = wellFormed(text);
+    const bytes = new Uint8Array(source.length * 3);
+    let n = 0;
+    for (const ch of source) {
       const c = ch.codePointAt(0);
-      if (c < 0x80) bytes.push(c);
-      else if (c < 0x800) bytes.push(0xc0 | (c >> 6), 0x80 | (c & 63));
-      else if (c < 0x10000) bytes.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
-      else bytes.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      if (c < 0x80) bytes[n++] = c;
+      else if (c < 0x800) { bytes[n++] = 0xc0 | (c >> 6); bytes[n++] = 0x80 | (c & 63); }
+      else if (c < 0x10000) { bytes[n++] = 0xe0 | (c >> 12); bytes[n++] = 0x80 | ((c >> 6) & 63); bytes[n++] = 0x80 | (c & 63); }
+      else { bytes[n++] = 0xf0 | (c >> 18); bytes[n++] = 0x80 | ((c >> 12) & 63); bytes[n++] = 0x80 | ((c >> 6) & 63); bytes[n++] = 0x80 | (c & 63); }
     }
-    return bytes;
+    return bytes.subarray(0, n);
   }
 
   const NOT_UTF8 = "atob(): the decoded bytes are not valid UTF-8";
 
+  // Strings are built from parts joined once: QuickJS copies a string on every `+=`, which
+  // made long inputs quadratic (2 MB took longer than a handler's deadline).
+  const CHUNK = 8192;
+
+  function fromCodePoints(points) {
+    const parts = [];
+    for (let i = 0; i < points.length; i += CHUNK) {
+      parts.push(String.fromCodePoint.apply(null, points.slice(i, i + CHUNK)));
+    }
+    return parts.join("");
+  }
+
   function utf8Text(bytes) {
-    let out = "";
+    const points = [];
     let i = 0;
     while (i < bytes.length) {
       const b = bytes[i];
@@ -252,23 +267,25 @@
       if ((need === 2 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff))) || (need === 3 && (c < 0x10000 || c > 0x10ffff))) {
         throw new Error(NOT_UTF8);
       }
-      out += String.fromCodePoint(c);
+      points.push(c);
       i += need + 1;
     }
-    return out;
+    return fromCodePoints(points);
   }
 
   function btoa(text) {
     if (typeof text !== "string") throw new TypeError("btoa() expects a string parameter");
     const bytes = utf8Bytes(text);
-    let out = "";
+    const out = [];
     for (let i = 0; i < bytes.length; i += 3) {
       const n = (bytes[i] << 16) | ((bytes[i + 1] || 0) << 8) | (bytes[i + 2] || 0);
-      out += B64[(n >> 18) & 63] + B64[(n >> 12) & 63];
-      out += i + 1 < bytes.length ? B64[(n >> 6) & 63] : "=";
-      out += i + 2 < bytes.length ? B64[n & 63] : "=";
+      out.push(
+        B64[(n >> 18) & 63] + B64[(n >> 12) & 63] +
+          (i + 1 < bytes.length ? B64[(n >> 6) & 63] : "=") +
+          (i + 2 < bytes.length ? B64[n & 63] : "=")
+      );
     }
-    return out;
+    return out.join("");
   }
 
   function atob(encoded) {
@@ -278,18 +295,19 @@
       throw new Error("atob(): the input is not valid base64");
     }
     const body = compact.replace(/=+$/, "");
-    const bytes = [];
+    const bytes = new Uint8Array(Math.floor((body.length * 3) / 4));
+    let n = 0;
     let buffer = 0;
     let bits = 0;
-    for (const ch of body) {
-      buffer = (buffer << 6) | B64_INDEX[ch];
+    for (let i = 0; i < body.length; i++) {
+      buffer = ((buffer << 6) | B64_INDEX[body[i]]) & 0xffffff;
       bits += 6;
       if (bits >= 8) {
         bits -= 8;
-        bytes.push((buffer >> bits) & 0xff);
+        bytes[n++] = (buffer >> bits) & 0xff;
       }
     }
-    return utf8Text(bytes);
+    return utf8Text(bytes.subarray(0, n));
   }
 
   // -- validation helpers (the original's, undocumented there) ---------------------------
