@@ -36,6 +36,7 @@ from engine.graphql_api import SEND_METHODS as GRAPHQL_SEND_METHODS
 from engine.graphql_api import GraphQLHostApi
 from engine.graphql_api import registered as graphql_registered
 from engine.graphql_api import registration as graphql_registration
+from engine.host_access import access_denied, entry_requirement
 from engine.logs import LogService, now_ms
 from engine.routing import Route, reserved_prefix_of
 from engine.script_storage import METHODS as STORAGE_METHODS
@@ -55,7 +56,7 @@ from engine.stream_api import (
     path_problem,
     reserved_check,
 )
-from security import redact
+from security import Capability, UserContext, can, insufficient, redact, runs_as
 
 if TYPE_CHECKING:
     from engine.scripts import ScriptService
@@ -99,7 +100,8 @@ class InvocationHost:
         graphql: GraphQLHostApi | None = None,
         fetch: FetchService | None = None,
         secrets: SecretHostApi | None = None,
-        user_id: str | None = None,
+        user: UserContext | None = None,
+        development: bool = True,
         flat: FlatReadApi | None = None,
         writes: ScriptService | None = None,
         held: tuple[str, ...] = (),
@@ -125,9 +127,15 @@ class InvocationHost:
         self.masked: set[str] = set()
         # Scripts whose init() runs up this invocation's chain (their locks are held).
         self.held = held
-        # The caller's identity for personalStorage; None is anonymous (the only kind of
-        # caller until login exists: the login work fills this seam).
-        self.user_id = user_id
+        # ``user`` is who triggered the invocation; the script runs as ``runs_as(kind, user)``
+        # (the caller for route and WebSocket message handlers, an engine principal with admin
+        # rights for init, resolvers, listeners...), and host APIs check that identity's
+        # capabilities in the engine's profile (``development``).  personalStorage and user
+        # secrets key by the caller's user id; None is anonymous.
+        caller = user if user is not None else UserContext.anonymous()
+        self.user = runs_as(kind, caller)
+        self.development = development
+        self.user_id = caller.user_id
         self.request_id = request_id
         self.kind = kind
         self.route = route
@@ -155,8 +163,15 @@ class InvocationHost:
             self.lines.append(self.entry("FATAL", fatal_message(self._handler, error)))
         await self._writer.write(self.lines[self.written :])
 
+    def may(self, capability: Capability) -> bool:
+        """Does the identity this invocation runs as hold ``capability``?"""
+        return can(self.user, capability, development=self.development)
+
     def log(self, level: str, message: str, timestamp_ms: int) -> None:
-        self.lines.append(self.entry(level, message, timestamp_ms))
+        # Console lines need ViewLogs, as on the original: a production engine does not record
+        # what anonymous requests log (the engine's own lines about them are kept).
+        if self.may(Capability.ViewLogs):
+            self.lines.append(self.entry(level, message, timestamp_ms))
 
     def entry(self, level: str, message: str, timestamp_ms: int | None = None) -> NewLogEntry:
         return NewLogEntry(
@@ -181,6 +196,10 @@ class InvocationHost:
         ]
 
     async def call(self, name: str, args: list[Any]) -> Any:
+        requirement = entry_requirement(name, args)
+        if requirement is not None and not self.may(requirement[0]):
+            capability, refusal = requirement
+            return refusal(capability)
         if name == FETCH and self.fetch is not None:
             outcome = await self.fetch.call(
                 args, script_uri=self.script_uri, user_id=self.user_id, request_id=self.request_id
@@ -240,6 +259,9 @@ class InvocationHost:
             content = args[1] if len(args) > 1 else None
             if not isinstance(content, str):
                 return "Error: content: must be a string"
+            # Creating needs more than changing, as on /engine/upsert_script.
+            if not self.may(Capability.CreateScripts) and not await self.writes.exists(uri):
+                return insufficient(Capability.CreateScripts)
             await self.writes.upsert(uri, content, held=self.held)
         except ValidationError as exc:
             if exc.field == "chain":
@@ -265,6 +287,8 @@ class InvocationHost:
         if not self.registering:
             api = f"graphQLRegistry.register{operation.capitalize()}"
             return NOT_IN_PHASE.format(api=api, name=args[0] if args else None)
+        if not self.may(Capability.ManageGraphQL):
+            return insufficient(Capability.ManageGraphQL)
         field = graphql_registration(name, args, script_uri=self.script_uri)
         if isinstance(field, str):
             return field
@@ -299,6 +323,8 @@ class InvocationHost:
         problem = late_path_problem(path) or customizer_problem(customizer)
         if problem is not None:
             return problem
+        if not self.may(Capability.ManageStreams):
+            return insufficient(Capability.ManageStreams)
         summary, description, tags = route_metadata(metadata)
         self.stream_routes.pop(path, None)  # the same path twice: the last one wins
         self.stream_routes[path] = StreamRoute(
@@ -321,6 +347,8 @@ class InvocationHost:
         prefix = reserved_prefix_of(path)
         if prefix is not None:
             raise HostCallError(f"Path '{path}' is reserved for the engine (prefix '{prefix}')")
+        if not self.may(Capability.WriteAssets):
+            return access_denied(Capability.WriteAssets)
         if not path.startswith("/") or len(path) > MAX_ASSET_PATH_CHARS:
             return (
                 f"Invalid asset path '{path}': path must start with '/' and be at most "

@@ -173,6 +173,7 @@ class EngineRuntime:
                 init_timeout_ms=config.sandbox.init_timeout_ms,
                 max_script_bytes=config.sandbox.max_script_bytes,
                 init_concurrency=config.sandbox.effective_init_concurrency(),
+                development=not config.is_production,
             ),
             self.streams,
             fetch=self._fetch,

@@ -68,6 +68,7 @@ from engine.stream_api import (
     customization_metadata,
 )
 from engine.streams import StreamHub
+from security import UserContext
 
 log = structlog.get_logger("aiwebengine.scripts")
 
@@ -80,6 +81,8 @@ class ScriptSettings:
     init_timeout_ms: int = 5000
     max_script_bytes: int = 1_000_000
     init_concurrency: int = 4
+    # The development profile: anonymous callers hold every capability in host APIs.
+    development: bool = True
 
 
 @attrs.frozen
@@ -218,6 +221,7 @@ class ScriptService(GraphQLSupport):
             secrets=self._secrets,
             flat=self._flat,
             writes=self,
+            development=self.settings.development,
             **options,
         )
 
@@ -229,6 +233,10 @@ class ScriptService(GraphQLSupport):
 
     def loaded(self, uri: str) -> LoadedScript | None:
         return self._loaded.get(uri)
+
+    async def exists(self, uri: str) -> bool:
+        """Is a script stored under ``uri`` (loaded or not)?"""
+        return await self._database.scripts.get(uri) is not None
 
     def asset_route(self, path: str) -> AssetRoute | None:
         """The asset route registered for exactly ``path`` (GET and HEAD only)."""
@@ -602,6 +610,7 @@ class ScriptService(GraphQLSupport):
         connection_id: str,
         metadata: Mapping[str, str],
         request_id: str,
+        user: UserContext | None = None,
     ) -> str | None:
         """Run the stream's message handler for one incoming WebSocket message; its non-empty
         string result is the reply to that client."""
@@ -623,6 +632,7 @@ class ScriptService(GraphQLSupport):
             context,
             request_id,
             route=route.path,
+            user=user,
         )
         reply = value.get("value")
         return reply if value.get("valueType") == "string" and reply else None
@@ -638,12 +648,16 @@ class ScriptService(GraphQLSupport):
         route: str,
         nested: bool = False,
         depth: int = 0,
+        user: UserContext | None = None,
     ) -> dict[str, Any]:
-        """Run ``handler`` for the value it returns (``{valueType, value}``)."""
+        """Run ``handler`` for the value it returns (``{valueType, value}``); ``user`` is who
+        triggered it (the engine's own invocations run as admin whoever that is)."""
         script = self._loaded.get(script_uri)
         if script is None:
             raise NotFound(f"Script '{script_uri}' is not loaded")
-        host = self._host(script.uri, request_id, kind, route=route, registering=False, depth=depth)
+        host = self._host(
+            script.uri, request_id, kind, route=route, registering=False, depth=depth, user=user
+        )
         try:
             result = await self._pool.invoke(
                 Invocation(
@@ -679,9 +693,10 @@ class ScriptService(GraphQLSupport):
         script: LoadedScript,
         request: dict[str, Any],
         request_id: str,
-        user_id: str | None = None,
+        user: UserContext | None = None,
     ) -> HttpResponse:
-        """Run the matched handler; raises an ``engine.errors`` value on any script failure."""
+        """Run the matched handler as ``user`` (anonymous when ``None``); raises an
+        ``engine.errors`` value on any script failure."""
         route = match.route
         host = self._host(
             script.uri,
@@ -689,7 +704,7 @@ class ScriptService(GraphQLSupport):
             "httpRoute",
             route=route.path,
             registering=False,
-            user_id=user_id,
+            user=user,
         )
         context = build_http_context(
             request=request, request_id=request_id, script_uri=script.uri, handler=route.handler

@@ -191,13 +191,12 @@ class SolutionDispatcher:
             form=form,
             auth=anonymous_auth(),
         )
-        # The gate identified the caller.  The sandbox learns its user id only (none for the
-        # two identities that exist today); handing it the whole UserContext, so host APIs can
-        # check the caller's capabilities (§6.1: route handlers run as the caller), is next.
+        # The gate identified the caller; route handlers run as the caller (§6.1), so host
+        # APIs check its capabilities.
         caller = caller_of(exchange.scope)
         try:
             result = await self._runtime.scripts.invoke_route(
-                match, script, script_request, exchange.request_id, user_id=caller.user.user_id
+                match, script, script_request, exchange.request_id, user=caller.user
             )
         except EngineError as exc:
             await exchange.engine_error(exc)

@@ -6,8 +6,8 @@ its items to one client; the hub decides who receives what.  The solution dispat
 WebSocket upgrade on any solution path; :func:`make_blueprint` mounts the engine's own stream
 ``/engine/script_updates`` on the Quart application, behind the ``/engine`` door and
 ``ReadScripts``.  The caller the gate identified is in each connection's scope
-(``handlers._gate.caller_of``); customization functions and message handlers run as the engine
-(§6.1) and do not receive it yet.
+(``handlers._gate.caller_of``): WebSocket message handlers run as that caller, customization
+functions as the engine (§6.1, ``security.runs_as``).
 
 Decisions, and why:
 
@@ -58,8 +58,9 @@ from engine.runtime import EngineRuntime
 from engine.stream_api import SCRIPT_UPDATES_PATH, StreamCustomizationFailed, StreamRoute
 from engine.streams import StreamClosed, StreamEvent, StreamFull, Subscription
 from handlers._access import requires
+from handlers._gate import caller_of
 from handlers.sse import sse_comment, sse_event
-from security import Capability
+from security import Capability, UserContext
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -403,12 +404,17 @@ class WebSocketTransport:
                 return
             with subscription:
                 await send({"type": "websocket.accept"})
-                await self._run(route, subscription, receive, _Socket(send))
+                await self._run(route, subscription, receive, _Socket(send), caller_of(scope).user)
         finally:
             structlog.contextvars.clear_contextvars()
 
     async def _run(
-        self, route: StreamRoute, subscription: Subscription, receive: Receive, socket: _Socket
+        self,
+        route: StreamRoute,
+        subscription: Subscription,
+        receive: Receive,
+        socket: _Socket,
+        user: UserContext,
     ) -> None:
         connection_id = f"ws_{next(self._ids)}"
         settings = self._runtime.config.streams
@@ -443,7 +449,7 @@ class WebSocketTransport:
                     refusal = policy.check_bytes() if text is None else policy.check_text(text)
                     if refusal is None and text is not None:
                         refusal = await self._handle(
-                            route.path, text, connection_id, subscription, socket, policy
+                            route.path, text, connection_id, subscription, socket, policy, user
                         )
                     if refusal is not None:
                         await close(refusal)
@@ -460,6 +466,7 @@ class WebSocketTransport:
         subscription: Subscription,
         socket: _Socket,
         policy: IncomingPolicy,
+        user: UserContext,
     ) -> Close | None:
         """Hand one client message to the stream's handler; a :class:`Close` when the
         connection must end."""
@@ -471,7 +478,7 @@ class WebSocketTransport:
         request_id = self._runtime.new_request_id()
         try:
             reply = await scripts.websocket_message(
-                route, text, connection_id, subscription.metadata, request_id
+                route, text, connection_id, subscription.metadata, request_id, user
             )
         except EngineError as exc:
             log.warning(
