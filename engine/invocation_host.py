@@ -42,7 +42,7 @@ from engine.routing import Route, reserved_prefix_of
 from engine.script_storage import METHODS as STORAGE_METHODS
 from engine.script_storage import ScriptStorageApi
 from engine.secrets import METHODS as SECRET_METHODS
-from engine.secrets import SecretHostApi
+from engine.secrets import AuditHook, SecretHostApi
 from engine.storage import NewLogEntry
 from engine.stream_api import (
     REGISTER_METHODS as STREAM_REGISTER_METHODS,
@@ -106,6 +106,7 @@ class InvocationHost:
         writes: ScriptService | None = None,
         held: tuple[str, ...] = (),
         depth: int = 0,
+        audit: AuditHook | None = None,
     ) -> None:
         self.listeners: list[tuple[str, str]] = []
         # How deep in dispatcher.sendMessage fan-outs this invocation runs (0: not a listener).
@@ -134,6 +135,8 @@ class InvocationHost:
         # secrets key by the caller's user id; None is anonymous.
         caller = user if user is not None else UserContext.anonymous()
         self.user = runs_as(kind, caller)
+        # Where refused host calls are reported (the audit trail); None in unit set-ups.
+        self.audit = audit
         self.development = development
         self.user_id = caller.user_id
         self.request_id = request_id
@@ -162,6 +165,20 @@ class InvocationHost:
         if isinstance(error, EngineError):
             self.lines.append(self.entry("FATAL", fatal_message(self._handler, error)))
         await self._writer.write(self.lines[self.written :])
+
+    async def _report_denied(self, name: str, capability: Capability) -> None:
+        if self.audit is None:
+            return
+        await self.audit(
+            {
+                "action": "host_api.denied",
+                "outcome": "denied",
+                "user": self.user,
+                "target": self.script_uri,
+                "request_id": self.request_id,
+                "detail": {"api": name, "capability": capability.name, "kind": self.kind},
+            }
+        )
 
     def may(self, capability: Capability) -> bool:
         """Does the identity this invocation runs as hold ``capability``?"""
@@ -199,6 +216,7 @@ class InvocationHost:
         requirement = entry_requirement(name, args)
         if requirement is not None and not self.may(requirement[0]):
             capability, refusal = requirement
+            await self._report_denied(name, capability)
             return refusal(capability)
         if name == FETCH and self.fetch is not None:
             outcome = await self.fetch.call(

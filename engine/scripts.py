@@ -191,6 +191,7 @@ class ScriptService(GraphQLSupport):
         self._assets = AssetHostApi(database.assets)
         self._fetch = fetch
         self._secrets = None if secrets is None else SecretHostApi(secrets, audit=audit)
+        self._audit = audit
         # Asset routes by exact path, rebuilt from the loaded scripts whenever one changes.
         self._asset_paths: dict[str, AssetRoute] = {}
         # Stream paths likewise; the hub holds their subscribers.
@@ -222,6 +223,7 @@ class ScriptService(GraphQLSupport):
             flat=self._flat,
             writes=self,
             development=self.settings.development,
+            audit=self._audit,
             **options,
         )
 

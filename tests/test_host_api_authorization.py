@@ -211,6 +211,15 @@ async def test_host_apis_in_production(tmp_path: Path) -> None:
         lines = await console_lines(engine)
         for who in ("anonymous-production", "admin-production", "init"):
             assert_console(lines, who)
+        # Every refusal is in the audit trail, as the anonymous caller's; nothing for the admin.
+        audit = await engine.client.get("/engine/audit", params={"action": "host_api.denied"})
+        entries = audit.json()["entries"]
+        assert entries, audit.text
+        assert {entry["method"] for entry in entries} == {"anonymous"}
+        assert {entry["outcome"] for entry in entries} == {"denied"}
+        assert {entry["target"] for entry in entries} == {URI}
+        refused = {entry["detail"]["api"] for entry in entries}
+        assert "assetStorage.upsertAsset" in refused, refused
 
 
 async def test_host_apis_in_development(tmp_path: Path) -> None:
