@@ -9,23 +9,21 @@ loopback), and every change is an audit event.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from quart import Blueprint, Response
 
-from quart import Blueprint, Response, request
-
-from engine.errors import EngineError
-from engine.http_contract import decode_query
 from engine.runtime import EngineRuntime
 from engine.secrets import MAX_VALUE_BYTES, parse_allowed_hosts, secret_target
 from engine.storage import SecretOwner
 from handlers._access import audit, requires
-from handlers._body import PayloadTooLarge, read_body
+from handlers._params import (
+    install_error_handlers,
+    json_object_body,
+    query_params,
+    required_field,
+)
 from handlers._responses import (
-    close_if_body_unread,
     iso_now,
     json_response,
-    management_engine_error,
     management_error,
 )
 from handlers.admin import BadParameter, MissingParameter
@@ -35,62 +33,15 @@ from security import Capability
 MAX_BODY_BYTES = 6 * MAX_VALUE_BYTES + 64 * 1024
 
 
-def _text(source: dict[str, Any], name: str) -> str | None:
-    value = source.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise BadParameter(name, "must be a string")
-    return value
-
-
-async def _json_body() -> dict[str, Any]:
-    body = await read_body(MAX_BODY_BYTES)
-    if not body:
-        return {}
-    try:
-        decoded = json.loads(body)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadParameter("body", "must be a JSON object") from None
-    if not isinstance(decoded, dict):
-        raise BadParameter("body", "must be a JSON object")
-    return decoded
-
-
 def make_blueprint(runtime: EngineRuntime) -> Blueprint:
     blueprint = Blueprint("engine_secrets", __name__, url_prefix="/engine")
 
-    def query() -> dict[str, str]:
-        return decode_query(request.scope.get("query_string", b""))
-
-    def required(params: dict[str, str], body: dict[str, Any], name: str) -> str:
-        value = _text(body, name) or params.get(name) or None
-        if value is None:
-            raise MissingParameter(name)
-        return value
-
-    @blueprint.errorhandler(MissingParameter)
-    async def missing(exc: MissingParameter) -> Response:
-        return close_if_body_unread(management_error(400, str(exc), parameter=exc.name))
-
-    @blueprint.errorhandler(BadParameter)
-    async def bad(exc: BadParameter) -> Response:
-        return close_if_body_unread(management_error(400, str(exc), parameter=exc.name))
-
-    @blueprint.errorhandler(PayloadTooLarge)
-    async def too_large(exc: PayloadTooLarge) -> Response:
-        return close_if_body_unread(
-            management_error(413, "Request body too large", limit=exc.limit)
-        )
-
-    @blueprint.errorhandler(EngineError)
-    async def engine_error(exc: EngineError) -> Response:
-        return close_if_body_unread(management_engine_error(exc))
+    install_error_handlers(blueprint)
 
     @blueprint.get("/secrets")
     @requires(Capability.WriteScripts)
     async def list_secrets() -> Response:
-        script = required(query(), {}, "script")
+        script = required_field(query_params(), {}, "script")
         infos = await runtime.secrets.list(SecretOwner(script))
         return json_response(
             {
@@ -105,10 +56,10 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
     @blueprint.post("/secrets")
     @requires(Capability.WriteScripts)
     async def set_secret() -> Response:
-        params = query()
-        body = await _json_body()
-        script = required(params, body, "script")
-        key = required(params, body, "key")
+        params = query_params()
+        body = await json_object_body(MAX_BODY_BYTES)
+        script = required_field(params, body, "script")
+        key = required_field(params, body, "key")
         value = body.get("value")
         if value is None:
             raise MissingParameter("value")
@@ -138,8 +89,8 @@ def make_blueprint(runtime: EngineRuntime) -> Blueprint:
     @blueprint.delete("/secrets")
     @requires(Capability.WriteScripts)
     async def delete_secret() -> Response:
-        params = query()
-        script = required(params, {}, "script")
+        params = query_params()
+        script = required_field(params, {}, "script")
         owner = SecretOwner(script)
         key = (params.get("key") or "").strip()
         if not key:
