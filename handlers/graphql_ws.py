@@ -49,7 +49,13 @@ import trio
 from engine.errors import EngineError
 from engine.graphql_service import GraphQLRequestError, GraphQLService, QueryRejected
 from engine.runtime import EngineRuntime
-from handlers.streams import GOING_AWAY, MESSAGE_TOO_BIG, Close, reject_websocket
+from handlers.streams import (
+    GOING_AWAY,
+    MESSAGE_TOO_BIG,
+    Close,
+    WebSocketSender,
+    reject_websocket,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -322,30 +328,6 @@ def request_errors(exc: Exception) -> list[dict[str, Any]]:
 # -- the Trio side ----------------------------------------------------------------------------
 
 
-class _Socket:
-    """The sending side of one accepted WebSocket: one frame at a time, nothing after close."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        # Frames are compressed in order (permessage-deflate): never interleave two sends.
-        self._lock = trio.Lock()
-        self.closed = False
-
-    async def send_text(self, text: str) -> None:
-        async with self._lock:
-            if not self.closed:
-                await self._send({"type": "websocket.send", "text": text})
-
-    async def close(self, close: Close) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        async with self._lock:
-            await self._send(
-                {"type": "websocket.close", "code": close.code, "reason": close.reason}
-            )
-
-
 class GraphQLWebSocket:
     """Serves ``/graphql/ws``."""
 
@@ -376,7 +358,7 @@ class GraphQLWebSocket:
             if subprotocol is not None:
                 accept["subprotocol"] = subprotocol
             await send(accept)
-            socket = _Socket(send)
+            socket = WebSocketSender(send)
             if not acceptable:
                 await socket.close(
                     Close.of(SUBPROTOCOL_NOT_ACCEPTABLE, "Subprotocol not acceptable")
@@ -396,7 +378,7 @@ class _Connection:
     def __init__(
         self,
         service: GraphQLService,
-        socket: _Socket,
+        socket: WebSocketSender,
         shutdown: trio.Event,
         new_request_id: Callable[[], str],
     ) -> None:

@@ -343,7 +343,7 @@ async def _subscription_body(
 # -- WebSocket --------------------------------------------------------------------------------
 
 
-class _Socket:
+class WebSocketSender:
     """The sending side of one accepted WebSocket: one frame at a time, nothing after close."""
 
     def __init__(self, send: Send) -> None:
@@ -400,11 +400,13 @@ class WebSocketTransport:
                 subscription = runtime.streams.subscribe(route.path, metadata)
             except EngineError as exc:
                 await send({"type": "websocket.accept"})
-                await _Socket(send).close(close_for_refusal(exc))
+                await WebSocketSender(send).close(close_for_refusal(exc))
                 return
             with subscription:
                 await send({"type": "websocket.accept"})
-                await self._run(route, subscription, receive, _Socket(send), caller_of(scope).user)
+                await self._run(
+                    route, subscription, receive, WebSocketSender(send), caller_of(scope).user
+                )
         finally:
             structlog.contextvars.clear_contextvars()
 
@@ -413,7 +415,7 @@ class WebSocketTransport:
         route: StreamRoute,
         subscription: Subscription,
         receive: Receive,
-        socket: _Socket,
+        socket: WebSocketSender,
         user: UserContext,
     ) -> None:
         connection_id = f"ws_{next(self._ids)}"
@@ -464,7 +466,7 @@ class WebSocketTransport:
         text: str,
         connection_id: str,
         subscription: Subscription,
-        socket: _Socket,
+        socket: WebSocketSender,
         policy: IncomingPolicy,
         user: UserContext,
     ) -> Close | None:
